@@ -1,0 +1,1 @@
+"""Neural network parts: history-returning backbones, readouts and the classifier head."""

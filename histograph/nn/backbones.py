@@ -1,0 +1,140 @@
+"""GNN backbones that return their whole history of node states.
+
+PyG's :class:`~torch_geometric.nn.models.BasicGNN` collects every layer's output for its
+jumping-knowledge slot, but it has no input embedding (the history's layer 0) and treats the last
+layer differently when ``jk`` is unset; the readouts of this project need the same thing from
+every backbone: ``[X^(0), X^(1), ..., X^(K)]``, each ``[num_nodes, hidden]``, where
+``X^(0) = Emb_in(F)`` and ``X^(l) = GNN^(l)(X^(l-1))`` stored as passed to the next layer (after
+norm, activation, dropout and the optional residual). So the stack is written here, using PyG's
+convolutions and its string resolvers for the small choices.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import Tensor
+from torch_geometric.nn import MLP, GATConv, GCNConv, GINConv, GINEConv, SAGEConv
+from torch_geometric.nn.resolver import activation_resolver, normalization_resolver
+
+from histograph.errors import UserError, unknown_choice
+
+CONVS = ("gin", "gine", "gcn", "gat", "sage")
+ENCODERS = ("linear", "atom")
+
+
+class HistoryGNN(torch.nn.Module):
+    r"""A stack of ``num_layers`` message-passing layers that returns its history.
+
+    .. math::
+        X^{(0)} = \mathrm{Emb}_{in}(F), \qquad
+        X^{(l)} = \mathrm{drop}(\sigma(\mathrm{norm}(\mathrm{conv}^{(l)}(X^{(l-1)}))))
+                  \; [+\, X^{(l-1)}], \quad l = 1..K
+
+    Args:
+        in_channels (int): input node-feature width.
+        hidden (int): width of every history entry (``model.hidden``).
+        layers (int): number of message-passing layers ``K`` (``model.layers``; the history
+            has ``K + 1`` entries).
+        conv (str): ``"gin"``, ``"gine"`` (uses edge features), ``"gcn"``, ``"gat"``, ``"sage"``.
+            (default: :obj:`"gin"`)
+        norm (str, optional): a PyG normalization name (``"batch"``, ``"layer"``, ``"graph"``,
+            ``"instance"``, ``"pair"``, ...) or ``None``/``"none"``. (default: :obj:`"batch"`)
+        act (str): activation name for PyG's resolver. (default: :obj:`"relu"`)
+        dropout (float): dropout after each layer. (default: :obj:`0.0`)
+        residual (bool): add ``X^(l-1)`` to each layer's output. (default: :obj:`False`)
+        encoder (str): ``"linear"`` for dense features, ``"atom"`` for OGB's categorical atom
+            features (``AtomEncoder``). (default: :obj:`"linear"`)
+        edge_dim (int, optional): edge-feature width (dense) — needed by ``gine``; with
+            ``encoder="atom"`` OGB's ``BondEncoder`` embeds the categorical bond features.
+        gat_heads (int): attention heads of ``gat`` layers. (default: :obj:`4`)
+    """
+
+    def __init__(self, in_channels: int, hidden: int, layers: int, conv: str = "gin", norm: str | None = "batch", act: str = "relu",
+                 dropout: float = 0.0, residual: bool = False, encoder: str = "linear",
+                 edge_dim: int | None = None, gat_heads: int = 4) -> None:
+        super().__init__()
+        if conv not in CONVS:
+            raise unknown_choice("model conv", conv, CONVS)
+        if encoder not in ENCODERS:
+            raise unknown_choice("input encoder", encoder, ENCODERS)
+        if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1:
+            raise UserError(f"model.layers must be a positive integer, got {layers!r}.")
+        if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:
+            raise UserError(f"model.hidden must be a positive integer, got {hidden!r}.")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise UserError(f"model.dropout must be in [0, 1), got {dropout!r}.")
+        if conv == "gine" and edge_dim is None:
+            raise UserError("model=gine needs edge features and this dataset has none; use "
+                            "model=gin (or a dataset with edge features).")
+        if conv == "gat" and hidden % gat_heads:
+            raise UserError(f"model.gat_heads={gat_heads} must divide model.hidden={hidden}.")
+        self.in_channels, self.hidden_channels, self.num_layers = in_channels, hidden, layers
+        num_layers = layers
+        self.conv_name, self.residual, self.dropout = conv, residual, float(dropout)
+        self.encoder_name, self.gat_heads, self.act_name = encoder, gat_heads, act
+        self.norm_name = None if norm in (None, "none", "None") else norm
+        h = hidden
+        if encoder == "atom":
+            from ogb.graphproppred.mol_encoder import AtomEncoder, BondEncoder
+
+            self.encoder = AtomEncoder(h)
+            self.edge_encoders = torch.nn.ModuleList(
+                [BondEncoder(h) for _ in range(num_layers)] if conv == "gine" else [])
+        else:
+            self.encoder = torch.nn.Linear(in_channels, h)
+            self.edge_encoders = torch.nn.ModuleList(
+                [torch.nn.Linear(edge_dim, h) for _ in range(num_layers)] if conv == "gine" else [])
+        self.convs = torch.nn.ModuleList([self._conv(conv, h) for _ in range(num_layers)])
+        self.norms = torch.nn.ModuleList(
+            [normalization_resolver(self.norm_name, h) if self.norm_name else torch.nn.Identity()
+             for _ in range(num_layers)])
+        self._norm_takes_batch = [
+            "batch" in inspect.signature(n.forward).parameters for n in self.norms]
+        self.act = activation_resolver(act)
+
+    def _conv(self, conv: str, h: int) -> torch.nn.Module:
+        if conv == "gin":
+            return GINConv(MLP([h, h, h], act=self.act_name, norm=None), train_eps=True)
+        if conv == "gine":
+            return GINEConv(MLP([h, h, h], act=self.act_name, norm=None), train_eps=True,
+                            edge_dim=h)
+        if conv == "gcn":
+            return GCNConv(h, h)
+        if conv == "gat":
+            return GATConv(h, h // self.gat_heads, heads=self.gat_heads)
+        return SAGEConv(h, h)
+
+    def reset_parameters(self) -> None:
+        for module in [self.encoder, *self.edge_encoders, *self.convs, *self.norms]:
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+            else:  # OGB encoders
+                for emb in getattr(module, "atom_embedding_list",
+                                   getattr(module, "bond_embedding_list", [])):
+                    torch.nn.init.xavier_uniform_(emb.weight.data)
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None,
+                batch: Tensor | None = None) -> list[Tensor]:
+        """Return the history ``[X^(0), ..., X^(K)]`` (``K + 1`` tensors ``[num_nodes, hidden]``)."""
+        h = self.encoder(x if self.encoder_name == "atom" else x.float())
+        history = [h]
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            if self.conv_name == "gine":
+                e = self.edge_encoders[i](edge_attr if self.encoder_name == "atom"
+                                          else edge_attr.float())
+                out = conv(h, edge_index, e)
+            else:
+                out = conv(h, edge_index)
+            out = norm(out, batch) if self._norm_takes_batch[i] else norm(out)
+            out = self.act(out)
+            out = torch.nn.functional.dropout(out, p=self.dropout, training=self.training)
+            h = out + h if self.residual else out
+            history.append(h)
+        return history
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}({self.in_channels}, {self.hidden_channels}, "
+                f"num_layers={self.num_layers}, conv={self.conv_name}, norm={self.norm_name}, "
+                f"residual={self.residual})")

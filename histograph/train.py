@@ -1,0 +1,222 @@
+"""The training entry point: compose -> instantiate -> fit -> test -> ``results.json``.
+
+``python train.py [group=option ...] [key=value ...]`` (or the ``histograph-train`` console
+script). :func:`run` does one job given a composed config and is what tests call; :func:`main`
+is the Hydra-decorated command that turns user errors into one-line messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from histograph.errors import UserError, unknown_choice
+from histograph.utils import atomic_write_json, resolve_threads, versions
+
+log = logging.getLogger("histograph")
+
+MODES = ("end_to_end", "frozen")
+# The configs live beside the package (repository root); an absolute path works from any cwd.
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+
+# ---------------------------------------------------------------------- config helpers
+def choice(cfg: DictConfig, group: str) -> str | None:
+    """The option picked for a config group (``readout`` -> ``"histograph"``), when known."""
+    try:
+        return HydraConfig.get().runtime.choices.get(group)
+    except ValueError:  # HydraConfig not set (plain compose without the hydra node)
+        hydra_node = cfg.get("hydra") if isinstance(cfg, DictConfig) else None
+        if hydra_node is not None:
+            return OmegaConf.select(cfg, f"hydra.runtime.choices.{group}")
+        return None
+
+
+def _positive_int(value: Any, key: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"{key} must be an integer >= {minimum}, got {value!r}.")
+    return value
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Cheap checks before any data is loaded, each failing with one sentence naming the fix."""
+    _positive_int(cfg.model.layers, "model.layers")
+    _positive_int(cfg.model.hidden, "model.hidden")
+    _positive_int(cfg.seed, "seed", minimum=0)
+    _positive_int(cfg.fold, "fold", minimum=0)
+    _positive_int(cfg.trainer.max_epochs, "trainer.max_epochs")
+    _positive_int(cfg.data.batch_size, "data.batch_size")
+    if cfg.mode not in MODES:
+        raise unknown_choice("mode", cfg.mode, MODES)
+    protocol = cfg.protocol.name
+    if protocol != "ogb" and not cfg.fold < cfg.protocol.folds:
+        raise UserError(f"fold={cfg.fold} is outside 0..{cfg.protocol.folds - 1}; pick a fold "
+                        f"in that range (protocol.folds={cfg.protocol.folds}).")
+    heads = cfg.readout.get("heads")
+    if heads is not None and (not isinstance(heads, int) or heads < 1
+                              or cfg.model.hidden % heads):
+        raise UserError(f"readout.heads={heads} must be a positive divisor of model.hidden="
+                        f"{cfg.model.hidden}; change one of them.")
+
+
+def run_name(cfg: DictConfig) -> str:
+    """A readable job name: ``MUTAG-gin5-histograph-s0-f0``."""
+    dataset = cfg.dataset.get("name", "data")
+    model = choice(cfg, "model") or cfg.model.get("conv", "gnn")
+    readout = choice(cfg, "readout") or cfg.readout._target_.rsplit(".", 1)[-1]
+    return f"{dataset}-{model}{cfg.model.layers}-{readout}-s{cfg.seed}-f{cfg.fold}"
+
+
+# ---------------------------------------------------------------------- the job
+def build_datamodule(cfg: DictConfig):
+    from histograph.data.datamodule import GraphDataModule
+
+    return GraphDataModule(
+        dataset=instantiate(cfg.dataset), data_dir=cfg.paths.data_dir,
+        data_mirror=cfg.paths.get("data_mirror"), protocol=cfg.protocol.name, fold=cfg.fold,
+        folds=cfg.protocol.folds, val_fraction=cfg.protocol.val_fraction,
+        split_seed=cfg.protocol.split_seed, batch_size=cfg.data.batch_size,
+        eval_batch_size=cfg.data.get("eval_batch_size"), num_workers=cfg.data.num_workers,
+        offline=cfg.data.get("offline", False))
+
+
+def build_trainer(cfg: DictConfig, callbacks: list, loggers: list, output_dir: Path):
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers,
+                           default_root_dir=str(output_dir))
+    except (MisconfigurationException, RuntimeError, ValueError) as exc:
+        accel = cfg.trainer.get("accelerator")
+        if accel in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise UserError(f"trainer.accelerator={accel} but no GPU is available here; use "
+                            f"trainer.accelerator=cpu (or auto).") from exc
+        raise UserError(f"The trainer settings were rejected: {exc}") from exc
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train and evaluate one job; write ``results.json`` atomically; return the results."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from histograph.nn.model import build_model
+    from histograph.training.loggers import build_loggers, config_dict, finish_wandb, log_config
+    from histograph.training.module import LitGraphClassifier, selected_epoch
+
+    start = time.time()
+    validate_config(cfg)
+    threads = resolve_threads(cfg.get("threads", "auto"))
+    if threads is not None:
+        torch.set_num_threads(threads)
+    output_dir = Path(cfg.paths.output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"Cannot write to the output folder {output_dir} ({exc.strerror}); set "
+                        f"hydra.run.dir (or paths.log_dir) to a writable folder.") from exc
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    data = dm.data
+    model = build_model(instantiate(cfg.model), instantiate(cfg.readout), instantiate(cfg.head),
+                        in_channels=data.num_features, out_channels=data.num_outputs,
+                        edge_dim=data.edge_dim, encoder=data.encoder)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    lit = LitGraphClassifier(model, task=data.task, num_outputs=data.num_outputs,
+                             metric=data.metric, dataset_name=data.name,
+                             optimizer=instantiate(cfg.optimizer), scheduler=scheduler,
+                             eval_splits=dm.eval_splits)
+
+    has_val = "val" in dm.eval_splits
+    checkpoint = ModelCheckpoint(
+        dirpath=str(output_dir / "checkpoints"), filename="best-{epoch:03d}",
+        monitor=f"val/{data.metric}" if has_val else None, mode="max", save_last=True,
+        save_top_k=1)
+    name = run_name(cfg)
+    loggers = build_loggers(cfg.get("logger"), output_dir, run_name=name,
+                            group=cfg.get("task_name"), job_type=choice(cfg, "readout"),
+                            tags=list(cfg.get("tags") or []))
+    failed = True
+    try:
+        log_config(loggers, config_dict(cfg))
+        trainer = build_trainer(cfg, [checkpoint], loggers, output_dir)
+        last = output_dir / "checkpoints" / "last.ckpt"
+        resume_from = str(last) if cfg.get("resume", True) and last.exists() else None
+        if resume_from:
+            log.info("Resuming from %s", resume_from)
+        trainer.fit(lit, datamodule=dm, ckpt_path=resume_from)
+        history = lit.history
+        if not history["test"]:
+            raise UserError("Training ran no evaluation epoch; raise trainer.max_epochs.")
+        selected = selected_epoch(history)
+        best = checkpoint.best_model_path or checkpoint.last_model_path
+        tested = trainer.test(lit, datamodule=dm, ckpt_path=best, verbose=False)[0]
+        failed = False
+    finally:
+        finish_wandb(loggers, failed)
+
+    results = {
+        "dataset": data.name,
+        "model": choice(cfg, "model") or cfg.model.conv,
+        "readout": choice(cfg, "readout") or cfg.readout._target_.rsplit(".", 1)[-1],
+        "layers": int(cfg.model.layers),
+        "hidden": int(cfg.model.hidden),
+        "seed": int(cfg.seed),
+        "fold": int(cfg.fold) if cfg.protocol.name != "ogb" else None,
+        "protocol": cfg.protocol.name,
+        "selection": cfg.protocol.get("selection"),
+        "metric": data.metric,
+        "mode": cfg.mode,
+        "selected_epoch": selected,
+        "epochs": len(history["test"]),
+        "val": history["val"][selected] if has_val else None,
+        "test": float(tested[f"test/{data.metric}"]),
+        "history": history,
+        "layer_weights": lit.test_layer_weights,
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "checkpoint": best,
+        "threads": torch.get_num_threads(),
+        "accelerator": type(trainer.accelerator).__name__,
+        "wall_time_s": round(time.time() - start, 3),
+        "run_name": name,
+        "versions": versions(),
+    }
+    atomic_write_json(output_dir / "results.json", results)
+    val_txt = f"val {data.metric} {results['val']:.4f}, " if has_val else ""
+    print(f"[histograph] {name}: selected epoch {selected} ({cfg.protocol.name}): {val_txt}"
+          f"test {data.metric} {results['test']:.4f}  -> {output_dir / 'results.json'}",
+          flush=True)
+    return results
+
+
+# ---------------------------------------------------------------------- command line
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    try:
+        results = run(cfg)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    return results["val"] if results["val"] is not None else results["test"]
+
+
+def main() -> None:
+    """Console-script entry point (``histograph-train``)."""
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

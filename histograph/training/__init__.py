@@ -1,0 +1,1 @@
+"""Lightning training: the LightningModule, metrics, callbacks and loggers."""

@@ -1,0 +1,57 @@
+"""Logger construction: always a CSV log; W&B runs named, grouped and always finished."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+
+def build_loggers(logger_cfg: DictConfig | None, output_dir: Path, run_name: str,
+                  group: str | None, job_type: str | None,
+                  tags: list[str] | None = None) -> list[Logger]:
+    """Instantiate the configured loggers, filling W&B's name/group/job_type/tags when unset,
+    and add a CSV logger (``<output_dir>/csv/metrics.csv``) when none is configured."""
+    loggers: list[Logger] = []
+    for key, node in (logger_cfg or {}).items():
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        node = node.copy()
+        if node._target_.endswith("WandbLogger"):
+            with open_dict(node):
+                node.name = node.get("name") or run_name
+                node.group = node.get("group") or group
+                node.job_type = node.get("job_type") or job_type
+                node.tags = list(node.get("tags") or []) + list(tags or [])
+                if node.get("offline"):
+                    os.environ.setdefault("WANDB_MODE", "offline")
+            Path(node.save_dir).mkdir(parents=True, exist_ok=True)
+        loggers.append(instantiate(node))
+    if not any(isinstance(lg, CSVLogger) for lg in loggers):
+        loggers.insert(0, CSVLogger(save_dir=str(output_dir), name="csv", version=""))
+    return loggers
+
+
+def log_config(loggers: list[Logger], config: dict[str, Any]) -> None:
+    """Store the resolved config as hyper-parameters in every logger."""
+    for lg in loggers:
+        lg.log_hyperparams(config)
+
+
+def finish_wandb(loggers: list[Logger], failed: bool) -> None:
+    """Finish the W&B run of this job (Lightning does not between jobs of a multirun)."""
+    if not any(isinstance(lg, WandbLogger) for lg in loggers):
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish(exit_code=1 if failed else 0)
+
+
+def config_dict(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as a plain dict (the ``hydra:`` resolver may be unavailable)."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore

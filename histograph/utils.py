@@ -1,0 +1,98 @@
+"""Small helpers shared by the training entry point, callbacks and command-line tools."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a temp file in the same folder, then ``os.replace``.
+
+    A reader never sees a half-written file, even if the process is killed mid-write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Serialise ``obj`` as indented JSON and write it atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
+    """The current git commit of the source tree (with ``-dirty`` when modified), if any."""
+    root = Path(cwd) if cwd is not None else Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of the interpreter and the libraries a result depends on."""
+    import lightning
+    import torch_geometric
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_geometric": torch_geometric.__version__,
+        "lightning": lightning.__version__,
+        "cuda": torch.version.cuda,
+        "git_commit": git_commit(),
+    }
+
+
+def resolve_threads(threads: int | str | None) -> int | None:
+    """Turn the ``threads`` setting into a torch intra-op thread count.
+
+    ``"auto"`` picks 1 on machines with 4 or fewer cores (small-graph training with several
+    intra-op threads is erratic and much slower there) and leaves torch's default otherwise;
+    an integer is used as given; ``None`` leaves torch alone.
+    """
+    if threads is None:
+        return None
+    if isinstance(threads, str):
+        if threads != "auto":
+            from histograph.errors import UserError
+
+            raise UserError(f"threads must be a positive integer or 'auto', got {threads!r}.")
+        return 1 if (os.cpu_count() or 1) <= 4 else None
+    if int(threads) < 1:
+        from histograph.errors import UserError
+
+        raise UserError(f"threads must be a positive integer or 'auto', got {threads!r}.")
+    return int(threads)
