@@ -1,0 +1,130 @@
+"""A fold- and protocol-aware LightningDataModule for graph classification.
+
+Lightning has no built-in k-fold support; its maintainers point to a DataModule that takes a fold
+index and a fixed split seed, which is this class: the fold is a config value (and so a multirun
+axis), the splits are cached by :mod:`histograph.data.splits`, and the protocol decides whether a
+validation set exists (``holdout``), is absent (``gin``) or is the dataset's own (``ogb``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import lightning.pytorch as pl
+import torch
+from torch_geometric.loader import DataLoader
+
+from histograph.data.graphs import GraphData
+from histograph.data.splits import load_or_make_folds
+from histograph.errors import UserError, unknown_choice
+
+PROTOCOLS = ("holdout", "gin", "ogb", "nested")
+
+
+class GraphDataModule(pl.LightningDataModule):
+    """Loads a dataset once and serves the train / validation / test graphs of one fold.
+
+    :param dataset: a loader, called as ``dataset(data_dir=..., data_mirror=..., offline=...)``
+        and returning :class:`~histograph.data.graphs.GraphData` (Hydra builds it as a partial).
+    :param data_dir: writable folder for raw/processed data and split caches.
+    :param data_mirror: read-only folder laid out like ``shared/data`` (or ``None``).
+    :param protocol: ``holdout`` (default), ``gin``, ``ogb``; ``nested`` trains like ``holdout``.
+    :param fold: outer fold index in ``0..folds-1`` (ignored by ``ogb``).
+    :param folds: number of outer folds.
+    :param val_fraction: stratified share of the training folds held out for validation.
+    :param split_seed: seed of the fold assignment (kept fixed across model seeds).
+    :param batch_size: graphs per training batch.
+    :param eval_batch_size: graphs per evaluation batch (default: ``batch_size``).
+    :param num_workers: DataLoader worker processes (0 is fastest for small in-memory sets).
+    :param offline: never download; fail clearly when files are missing.
+    """
+
+    def __init__(self, dataset: Callable[..., GraphData], data_dir: str | os.PathLike,
+                 data_mirror: str | None = None, protocol: str = "holdout", fold: int = 0,
+                 folds: int = 10, val_fraction: float = 0.1, split_seed: int = 0,
+                 batch_size: int = 32, eval_batch_size: int | None = None,
+                 num_workers: int = 0, offline: bool = False) -> None:
+        super().__init__()
+        if protocol not in PROTOCOLS:
+            raise unknown_choice("protocol", protocol, PROTOCOLS)
+        if int(batch_size) < 1:
+            raise UserError(f"data.batch_size must be a positive integer, got {batch_size!r}.")
+        self.loader = dataset
+        self.data_dir = Path(data_dir)
+        self.data_mirror = data_mirror
+        self.protocol = protocol
+        self.fold = int(fold)
+        self.folds = int(folds)
+        self.val_fraction = float(val_fraction) if protocol != "gin" else 0.0
+        self.split_seed = int(split_seed)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = int(num_workers)
+        self.offline = offline
+        self.data: GraphData | None = None
+        self.split: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ loading
+    def setup(self, stage: str | None = None) -> None:
+        """Load the dataset (once) and select this fold's indices."""
+        if self.data is not None:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.data_dir, os.W_OK):
+            raise UserError(f"The data folder {self.data_dir} is not writable; set "
+                            f"paths.data_dir to a writable folder.")
+        data = self.loader(data_dir=str(self.data_dir), data_mirror=self.data_mirror,
+                           offline=self.offline)
+        self.split = self._make_split(data)
+        for key, idx in self.split.items():
+            if key != "val" or self.protocol != "gin":
+                if len(idx) == 0:
+                    raise UserError(f"The {key} split of {data.name} (fold {self.fold}) is empty; "
+                                    f"check the dataset and the protocol settings.")
+        self.data = data
+
+    def _make_split(self, data: GraphData) -> dict[str, torch.Tensor]:
+        if self.protocol == "ogb":
+            if data.official_split is None:
+                raise UserError(f"protocol=ogb needs a dataset with an official split, and "
+                                f"{data.name} has none; use protocol=holdout.")
+            s = data.official_split
+            return {"train": s["train"], "val": s["valid"], "test": s["test"]}
+        if data.labels is None:
+            raise UserError(f"{data.name} has several tasks and cannot be split into stratified "
+                            f"folds; use protocol=ogb.")
+        if not 0 <= self.fold < self.folds:
+            raise UserError(f"fold={self.fold} is outside 0..{self.folds - 1}; pick a fold in "
+                            f"that range (protocol.folds={self.folds}).")
+        folds = load_or_make_folds(self.data_dir / "splits", data.name, data.labels, self.folds,
+                                   self.split_seed, self.val_fraction)
+        return {k: torch.tensor(v, dtype=torch.long) for k, v in folds[self.fold].items()}
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def eval_splits(self) -> tuple[str, ...]:
+        """Names of the evaluation loaders served every epoch, in order."""
+        return ("test",) if self.protocol == "gin" else ("val", "test")
+
+    def subset(self, key: str):
+        """The graphs of split ``key`` (``train``, ``val`` or ``test``)."""
+        assert self.data is not None, "call setup() first"
+        return self.data.dataset[self.split[key]]
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, key: str, shuffle: bool) -> DataLoader:
+        return DataLoader(self.subset(key),
+                          batch_size=self.batch_size if shuffle else self.eval_batch_size,
+                          shuffle=shuffle, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._loader(key, shuffle=False) for key in self.eval_splits]
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
