@@ -21,7 +21,8 @@ def make_data(sizes: list[int], history_len: int = L, channels: int = D, seed: i
     return x, batch
 
 
-def make_module(seed: int = 0, channels: int = D, history_len: int = L, **kwargs) -> HistographReadout:
+def make_module(seed: int = 0, channels: int = D, history_len: int = L,
+                **kwargs) -> HistographReadout:
     torch.manual_seed(seed)
     kwargs.setdefault("heads", HEADS)
     return HistographReadout(channels, history_len, **kwargs).double().eval()
@@ -102,7 +103,8 @@ def test_matches_per_graph_reference(cfg: dict) -> None:
     x, batch = make_data(SIZES, seed=2)
     x.requires_grad_(True)
     params = list(mod.parameters())
-    weights = torch.randn(len(SIZES), D, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    weights = torch.randn(len(SIZES), D, dtype=torch.float64, generator=gen)
 
     out = mod(x, batch, num_graphs=len(SIZES))
     ref, alpha, _ = reference(mod, x, batch, len(SIZES))
@@ -127,7 +129,8 @@ def test_node_permutation_invariance(scope: str) -> None:
     x, batch = make_data(SIZES)
     gen = torch.Generator().manual_seed(5)
     starts = [0, *torch.tensor(SIZES).cumsum(0).tolist()]
-    perm = torch.cat([a + torch.randperm(b - a, generator=gen) for a, b in zip(starts, starts[1:])])
+    perm = torch.cat([a + torch.randperm(b - a, generator=gen)
+                      for a, b in zip(starts, starts[1:])])
     assert not torch.equal(perm, torch.arange(len(perm)))
     torch.testing.assert_close(mod(x[perm], batch), mod(x, batch), atol=1e-10, rtol=1e-10)
 
@@ -200,8 +203,8 @@ def test_signed_weights_invariant_to_negating_scores(eps: float) -> None:
     torch.testing.assert_close(out_neg, out)
 
 
-def _assert_finite_forward_backward(mod: HistographReadout, x: torch.Tensor,
-                                    batch: torch.Tensor, num_graphs: int | None = None) -> torch.Tensor:
+def _assert_finite_forward_backward(mod: HistographReadout, x: torch.Tensor, batch: torch.Tensor,
+                                    num_graphs: int | None = None) -> torch.Tensor:
     x = x.detach().requires_grad_(True)
     out = mod(x, batch, num_graphs)
     assert torch.isfinite(out).all()
@@ -220,7 +223,7 @@ def test_zero_score_sum_is_finite(dtype: torch.dtype) -> None:
         mod.layer_query.weight.zero_()
     _assert_finite_forward_backward(mod, x, batch)
     assert torch.equal(mod.last_layer_weights, torch.zeros_like(mod.last_layer_weights))
-    # (b) nonzero scores that cancel: X~ = P, W_Q = I, W_K = P_{L-1} b^T with b orthogonal to sum P.
+    # (b) nonzero scores that cancel: X~ = P, W_Q = I, W_K = P_{L-1} b^T, b orthogonal to sum P.
     mod = make_module().to(dtype)
     with torch.no_grad():
         mod.proj_weight.zero_()

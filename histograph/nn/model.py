@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch
 
+from histograph.errors import UserError
 from histograph.nn.readouts.base import History
 
 
@@ -37,8 +38,14 @@ class GraphClassifier(torch.nn.Module):
 def build_model(backbone: Callable[..., torch.nn.Module], readout: Callable[..., torch.nn.Module],
                 head: Callable[..., torch.nn.Module], in_channels: int, out_channels: int,
                 edge_dim: int | None, encoder: str) -> GraphClassifier:
-    """Finish the three partially-configured parts with what only the data knows."""
-    net = backbone(in_channels=in_channels, edge_dim=edge_dim, encoder=encoder)
-    read = readout(in_channels=net.hidden_channels, history_len=net.num_layers + 1)
-    return GraphClassifier(net, read, head(in_channels=read.out_channels,
-                                           out_channels=out_channels))
+    """Finish the three partially-configured parts with what only the data knows.
+
+    A ``ValueError`` from a constructor (a bad option value) becomes a :class:`UserError`.
+    """
+    try:
+        net = backbone(in_channels=in_channels, edge_dim=edge_dim, encoder=encoder)
+        read = readout(in_channels=net.hidden_channels, history_len=net.num_layers + 1)
+        out = head(in_channels=read.out_channels, out_channels=out_channels)
+    except (ValueError, TypeError) as exc:
+        raise UserError(str(exc).rstrip(".") + ".") from exc
+    return GraphClassifier(net, read, out)

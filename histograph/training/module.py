@@ -104,8 +104,9 @@ class LitGraphClassifier(pl.LightningModule):
             if split in self._alpha:
                 total, count = self._alpha.pop(split)
                 mean = total / max(count, 1)
+                width = len(str(len(mean) - 1))
                 for layer, w in enumerate(mean):
-                    self.log(f"{split}/alpha/{layer}", w)
+                    self.log(f"{split}/alpha/{layer:0{width}d}", w)
                 if split == "test":
                     self.test_layer_weights = [float(w) for w in mean]
         return values

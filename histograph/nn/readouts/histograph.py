@@ -1,4 +1,7 @@
-"""The HISTOGRAPH readout: layer-wise then node-wise attention over a GNN's activation history."""
+"""HISTOGRAPH readout, from "Learning from Historical Activations in Graph Neural Networks".
+
+Galron, Sinai, Maron, Eliasof, ICLR 2026 (https://arxiv.org/abs/2601.01123); see the class.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ def signed_guard(z: Tensor, eps: float) -> Tensor:
 
 class HistographReadout(torch.nn.Module):
     r"""The HISTOGRAPH readout from the `"Learning from Historical Activations in Graph Neural
-    Networks" <https://arxiv.org/abs/2601.01123>`_ paper (Galron, Sinai, Maron, Eliasof, ICLR 2026).
+    Networks" <https://arxiv.org/abs/2601.01123>`_ paper (Galron, Sinai, Maron, Eliasof,
+    ICLR 2026).
 
     It pools the whole history :math:`\mathcal{X} = [\mathbf{X}^{(0)}, \ldots, \mathbf{X}^{(K)}]
     \in \mathbb{R}^{N \times L \times D}` (input embedding and every layer's output,
