@@ -73,7 +73,8 @@ def run_name(cfg: DictConfig) -> str:
     dataset = cfg.dataset.get("name", "data")
     model = choice(cfg, "model") or cfg.model.get("conv", "gnn")
     readout = choice(cfg, "readout") or cfg.readout._target_.rsplit(".", 1)[-1]
-    return f"{dataset}-{model}{cfg.model.layers}-{readout}-s{cfg.seed}-f{cfg.fold}"
+    mode = "-frozen" if cfg.get("mode") == "frozen" else ""
+    return f"{dataset}-{model}{cfg.model.layers}-{readout}{mode}-s{cfg.seed}-f{cfg.fold}"
 
 
 # ---------------------------------------------------------------------- the job
@@ -103,6 +104,69 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list, output_dir: P
         raise UserError(f"The trainer settings were rejected: {exc}") from exc
 
 
+def split_meta(cfg: DictConfig, data) -> dict[str, Any]:
+    """The dataset/protocol/fold settings a checkpoint records (frozen mode checks them)."""
+    return {"dataset": data.name, "protocol": cfg.protocol.name,
+            "fold": int(cfg.fold) if cfg.protocol.name != "ogb" else None,
+            "folds": int(cfg.protocol.folds), "split_seed": int(cfg.protocol.split_seed),
+            "val_fraction": float(cfg.protocol.val_fraction) if cfg.protocol.name != "gin"
+            else 0.0}
+
+
+def build_network(cfg: DictConfig, dm) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
+    """The network for ``cfg.mode``, the metadata stored in its checkpoints, and extra results.
+
+    ``end_to_end`` builds backbone + readout + head from the config. ``frozen`` rebuilds the
+    backbone of ``backbone_ckpt`` (its own stored config; ``model.*`` overrides do not apply),
+    freezes it, swaps the dataset for the cached histories and trains readout + head only.
+    """
+    from histograph.nn.model import GraphClassifier, build_model
+
+    data = dm.data
+    meta = split_meta(cfg, data)
+    if cfg.mode == "end_to_end":
+        model = build_model(instantiate(cfg.model), instantiate(cfg.readout),
+                            instantiate(cfg.head), in_channels=data.num_features,
+                            out_channels=data.num_outputs, edge_dim=data.edge_dim,
+                            encoder=data.encoder)
+        meta.update(model=OmegaConf.to_container(cfg.model, resolve=True),
+                    in_channels=data.num_features, edge_dim=data.edge_dim,
+                    encoder=data.encoder)
+        return model, meta, {}
+
+    import dataclasses
+
+    from histograph.training import frozen
+
+    source = frozen.read_source(cfg.get("backbone_ckpt"))
+    frozen.check_same_split(source.meta, meta)
+    backbone = frozen.build_frozen_backbone(source)
+    device = "cuda" if cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto") \
+        and torch.cuda.is_available() else "cpu"
+    t0 = time.time()
+    history, ptr = frozen.cached_history(
+        source, backbone, data.dataset, cache=cfg.frozen.cache,
+        cache_dir=Path(cfg.paths.data_dir) / "frozen_cache", device=device)
+    backbone.cpu()
+    from torch_geometric.loader import DataLoader
+
+    y = torch.cat([b.y for b in DataLoader(data.dataset, batch_size=1024)])
+    cached = frozen.history_dataset(history, ptr, y)
+    dm.data = dataclasses.replace(data, dataset=cached)
+    shell = build_model(instantiate(source.meta["model"]), instantiate(cfg.readout),
+                        instantiate(cfg.head), in_channels=source.meta["in_channels"],
+                        out_channels=data.num_outputs, edge_dim=source.meta["edge_dim"],
+                        encoder=source.meta["encoder"])
+    assert isinstance(shell, GraphClassifier)
+    model = frozen.FrozenBackboneClassifier(backbone, shell.readout, shell.head)
+    meta.update({k: source.meta[k] for k in ("model", "in_channels", "edge_dim", "encoder")})
+    extra = {"backbone_ckpt": str(source.path), "cache_time_s": round(time.time() - t0, 3),
+             "layers": int(source.meta["model"]["layers"]),
+             "hidden": int(source.meta["model"]["hidden"]),
+             "model": source.meta["model"].get("conv")}
+    return model, meta, extra
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one job; write ``results.json`` atomically; return the results."""
     import lightning.pytorch as pl
@@ -130,15 +194,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     dm = build_datamodule(cfg)
     dm.setup("fit")
+    model, meta, extra = build_network(cfg, dm)
     data = dm.data
-    model = build_model(instantiate(cfg.model), instantiate(cfg.readout), instantiate(cfg.head),
-                        in_channels=data.num_features, out_channels=data.num_outputs,
-                        edge_dim=data.edge_dim, encoder=data.encoder)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     lit = LitGraphClassifier(model, task=data.task, num_outputs=data.num_outputs,
                              metric=data.metric, dataset_name=data.name,
                              optimizer=instantiate(cfg.optimizer), scheduler=scheduler,
-                             eval_splits=dm.eval_splits)
+                             eval_splits=dm.eval_splits, meta=meta)
 
     has_val = "val" in dm.eval_splits
     checkpoint = ModelCheckpoint(
@@ -187,6 +249,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "history": history,
         "layer_weights": lit.test_layer_weights,
         "num_params": sum(p.numel() for p in model.parameters()),
+        "num_trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "backbone_ckpt": None,
         "checkpoint": best,
         "threads": torch.get_num_threads(),
         "accelerator": type(trainer.accelerator).__name__,
@@ -194,6 +258,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "run_name": name,
         "versions": versions(),
     }
+    results.update(extra)
     atomic_write_json(output_dir / "results.json", results)
     val_txt = f"val {data.metric} {results['val']:.4f}, " if has_val else ""
     print(f"[histograph] {name}: selected epoch {selected} ({cfg.protocol.name}): {val_txt}"

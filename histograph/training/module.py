@@ -31,14 +31,19 @@ class LitGraphClassifier(pl.LightningModule):
     :param optimizer: partial optimizer, called with the trainable parameters.
     :param scheduler: partial LR scheduler (epoch interval), or ``None``.
     :param eval_splits: names of the validation loaders, in order.
+    :param meta: run metadata stored in every checkpoint as ``histograph_meta`` (dataset,
+        protocol, fold, split settings, backbone config, input sizes); frozen mode reads it.
     """
 
     def __init__(self, model: torch.nn.Module, task: str, num_outputs: int, metric: str,
                  dataset_name: str, optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Callable[..., object] | None = None,
-                 eval_splits: Sequence[str] = ("val", "test")) -> None:
+                 eval_splits: Sequence[str] = ("val", "test"),
+                 meta: dict | None = None) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"], logger=False)
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler", "meta"],
+                                  logger=False)
+        self.meta = meta or {}
         self.model = model
         self.task, self.metric_name = task, metric
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -128,6 +133,7 @@ class LitGraphClassifier(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["histograph_history"] = self.history
+        checkpoint["histograph_meta"] = self.meta
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "histograph_history" in checkpoint:

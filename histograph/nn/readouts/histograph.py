@@ -191,6 +191,19 @@ class HistographReadout(torch.nn.Module):
         Returns:
             torch.Tensor: Graph embeddings of shape :obj:`[B, out_channels]`.
         """
+        if num_graphs is None:
+            num_graphs = int(batch.max()) + 1 if batch.numel() > 0 else 0
+        z = self.node_states(history, batch, num_graphs)
+        return scatter(z, batch, dim=0, dim_size=num_graphs, reduce="mean")
+
+    def node_states(self, history: Tensor | list[Tensor], batch: Tensor,
+                    num_graphs: int | None = None) -> Tensor:
+        r"""Stages 1 and 2 without the final mean: :math:`\mathbf{Z}` of shape :obj:`[N, D]`.
+
+        Node classification (:mod:`histograph.nn.node_model`) reads these per-node states with
+        the whole graph as one "graph" (``batch`` all zeros), so stage 1 learns one layer
+        weighting shared by all nodes and stage 2 attends across all nodes.
+        """
         x = torch.stack(list(history), dim=1) if isinstance(history, (list, tuple)) else history
         if x.dim() != 3 or x.size(1) != self.history_len or x.size(2) != self.in_channels:
             raise ValueError(f"history must have {self.history_len} entries of width "
@@ -221,8 +234,7 @@ class HistographReadout(torch.nn.Module):
             h = self._project(x[:, L - 1:], L - 1)[:, 0]
             self.last_layer_weights = None
 
-        z = self._node_attention(h, batch, num_graphs) if self.node_stage else h
-        return scatter(z, batch, dim=0, dim_size=num_graphs, reduce="mean")
+        return self._node_attention(h, batch, num_graphs) if self.node_stage else h
 
     def _node_attention(self, h: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
         """Multi-head self-attention among the nodes of each graph (padded), then unpadded."""

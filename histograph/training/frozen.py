@@ -1,0 +1,177 @@
+"""Frozen-backbone mode (the paper's "FT" mode): train only the readout and head on a cache.
+
+``python train.py mode=frozen backbone_ckpt=<checkpoint of an earlier run> readout=histograph``
+loads the backbone of an earlier run, freezes it, computes every graph's history once
+(``[N_g, L, D]`` per graph), caches it in memory or on disk, and trains only the readout and the
+classifier head on the cache, with the same protocol and split as the checkpoint's run. Nothing in
+Lightning or PyG does this: it needs the project's history contract and split metadata.
+
+The source checkpoint must be one written by this project: :class:`LitGraphClassifier` stores a
+``histograph_meta`` entry (dataset, protocol, fold, split settings, the backbone config and the
+input sizes) beside the weights, and it is loaded with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data, InMemoryDataset
+from torch_geometric.loader import DataLoader
+
+from histograph.data.graphs import InMemoryGraphs
+from histograph.errors import UserError
+
+# Split settings that must agree between the source run and the frozen run.
+SPLIT_KEYS = ("dataset", "protocol", "fold", "folds", "split_seed", "val_fraction")
+
+
+@dataclass
+class SourceCheckpoint:
+    """What a frozen run needs from its source checkpoint."""
+
+    path: Path
+    meta: dict[str, Any]
+    backbone_state: dict[str, Tensor]
+
+
+def read_source(path: str | os.PathLike | None) -> SourceCheckpoint:
+    """Load the backbone weights and run metadata of an earlier histograph run (weights only).
+
+    :raises UserError: when the path is unset or missing, or the file is not a histograph
+        checkpoint.
+    """
+    if path in (None, "", "null"):
+        raise UserError("mode=frozen needs backbone_ckpt=<path to a checkpoint of an earlier "
+                        "run> (e.g. <run dir>/checkpoints/last.ckpt).")
+    path = Path(str(path)).expanduser()
+    if not path.is_file():
+        raise UserError(f"backbone_ckpt {str(path)!r} does not exist; pass the .ckpt file of an "
+                        f"earlier run (its checkpoints/ folder).")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise UserError(f"backbone_ckpt {str(path)!r} could not be read as a checkpoint "
+                        f"({type(exc).__name__}); pass a .ckpt written by histograph.") from exc
+    meta = ckpt.get("histograph_meta") if isinstance(ckpt, dict) else None
+    state = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
+    prefix = "model.backbone."
+    backbone_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if meta is None or not backbone_state:
+        raise UserError(f"backbone_ckpt {str(path)!r} is not a histograph checkpoint (no run "
+                        f"metadata or backbone weights); pass one written by train.py.")
+    return SourceCheckpoint(path=path, meta=meta, backbone_state=backbone_state)
+
+
+def check_same_split(meta: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse a checkpoint trained on another dataset, protocol or fold than this run's."""
+    diff = [f"{k}={meta.get(k)!r} (this run: {current.get(k)!r})" for k in SPLIT_KEYS
+            if k != "fold" or current.get("protocol") != "ogb"
+            if meta.get(k) != current.get(k)]
+    if diff:
+        raise UserError(
+            "backbone_ckpt was trained with " + ", ".join(diff) + "; run the frozen head with "
+            "the same dataset, protocol and fold as the checkpoint (or pick a matching one).")
+
+
+def build_frozen_backbone(source: SourceCheckpoint) -> torch.nn.Module:
+    """Rebuild the source run's backbone from its stored config, load and freeze it."""
+    from hydra.utils import instantiate
+
+    meta = source.meta
+    try:
+        backbone = instantiate(meta["model"])(in_channels=meta["in_channels"],
+                                              edge_dim=meta["edge_dim"], encoder=meta["encoder"])
+        backbone.load_state_dict(source.backbone_state, strict=True)
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"The backbone in {source.path} does not match its stored model config "
+                        f"({type(exc).__name__}); use a checkpoint written by train.py.") from exc
+    backbone.eval()
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    return backbone
+
+
+@torch.no_grad()
+def compute_history(backbone: torch.nn.Module, dataset, batch_size: int = 256,
+                    device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """Run the frozen backbone once over ``dataset``.
+
+    :return: ``(history, ptr)``: every node's stacked history ``[total_nodes, L, D]`` in dataset
+        order, and the node offsets ``ptr`` ``[num_graphs + 1]``.
+    """
+    backbone = backbone.to(device).eval()
+    chunks, sizes = [], []
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        batch = batch.to(device)
+        hist = backbone(batch.x, batch.edge_index, getattr(batch, "edge_attr", None), batch.batch)
+        chunks.append(torch.stack(hist, dim=1).cpu())
+        sizes.append(torch.diff(batch.ptr).cpu())
+    history = torch.cat(chunks)
+    ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.cat(sizes).cumsum(0)])
+    return history, ptr
+
+
+def history_dataset(history: Tensor, ptr: Tensor, y: Tensor) -> InMemoryDataset:
+    """Graphs whose only node attribute is the cached ``history`` (``[N_g, L, D]``)."""
+    graphs = [Data(history=history[ptr[i]:ptr[i + 1]], y=y[i:i + 1],
+                   num_nodes=int(ptr[i + 1] - ptr[i])) for i in range(len(ptr) - 1)]
+    return InMemoryGraphs(graphs)
+
+
+def cache_key(source: SourceCheckpoint) -> str:
+    """Identifies a checkpoint's history cache: file content hash plus the dataset name."""
+    digest = hashlib.sha256()
+    with open(source.path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return f"{source.meta['dataset']}-{digest.hexdigest()[:16]}"
+
+
+def cached_history(source: SourceCheckpoint, backbone: torch.nn.Module, dataset,
+                   cache: str, cache_dir: Path, device: torch.device | str = "cpu"
+                   ) -> tuple[Tensor, Tensor]:
+    """The history of every graph, computed once; ``cache="disk"`` reuses a file across jobs."""
+    if cache not in ("memory", "disk"):
+        raise UserError(f"frozen.cache must be 'memory' or 'disk', got {cache!r}.")
+    path = cache_dir / f"{cache_key(source)}.pt" if cache == "disk" else None
+    if path is not None and path.exists():
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return saved["history"], saved["ptr"]
+    history, ptr = compute_history(backbone, dataset, device=device)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save({"history": history, "ptr": ptr}, tmp)
+        os.replace(tmp, path)
+    return history, ptr
+
+
+class FrozenBackboneClassifier(torch.nn.Module):
+    """A frozen backbone plus trainable readout and head.
+
+    Batches from the cache carry ``history`` and skip the backbone; raw graphs (no ``history``)
+    go through the frozen backbone, so a checkpoint of this model still classifies raw graphs.
+    """
+
+    def __init__(self, backbone: torch.nn.Module, readout: torch.nn.Module,
+                 head: torch.nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.readout, self.head = backbone, readout, head
+
+    def train(self, mode: bool = True) -> "FrozenBackboneClassifier":
+        super().train(mode)
+        self.backbone.eval()  # frozen: normalisation statistics and dropout stay fixed
+        return self
+
+    def forward(self, data) -> Tensor:
+        history = getattr(data, "history", None)
+        if history is None:
+            history = self.backbone(data.x, data.edge_index, getattr(data, "edge_attr", None),
+                                    data.batch)
+        return self.head(self.readout(history, data.batch, data.num_graphs))
