@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from histograph.errors import UserError, unknown_choice
+from histograph.sweeps import jobs  # registers the ${hg.job_dir:...} resolver of sweep folders
 from histograph.utils import atomic_write_json, resolve_threads, versions
 
 log = logging.getLogger("histograph")
@@ -80,14 +82,19 @@ def run_name(cfg: DictConfig) -> str:
 # ---------------------------------------------------------------------- the job
 def build_datamodule(cfg: DictConfig):
     from histograph.data.datamodule import GraphDataModule
+    from histograph.node import build_node_datamodule, task_of
 
+    if task_of(cfg) == "node":
+        return build_node_datamodule(cfg)
     return GraphDataModule(
         dataset=instantiate(cfg.dataset), data_dir=cfg.paths.data_dir,
         data_mirror=cfg.paths.get("data_mirror"), protocol=cfg.protocol.name, fold=cfg.fold,
         folds=cfg.protocol.folds, val_fraction=cfg.protocol.val_fraction,
         split_seed=cfg.protocol.split_seed, batch_size=cfg.data.batch_size,
         eval_batch_size=cfg.data.get("eval_batch_size"), num_workers=cfg.data.num_workers,
-        offline=cfg.data.get("offline", False))
+        offline=cfg.data.get("offline", False), loader=cfg.data.get("loader", "auto"),
+        bucket_by_size=cfg.data.get("bucket_by_size", False),
+        bucket_window=cfg.data.get("bucket_window", 64))
 
 
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list, output_dir: Path):
@@ -102,6 +109,37 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list, output_dir: P
             raise UserError(f"trainer.accelerator={accel} but no GPU is available here; use "
                             f"trainer.accelerator=cpu (or auto).") from exc
         raise UserError(f"The trainer settings were rejected: {exc}") from exc
+
+
+def apply_param_budget(cfg: DictConfig, data) -> int | None:
+    """Set ``model.hidden`` so the whole network has about ``model.param_budget`` weights.
+
+    The width is fitted by :func:`histograph.nn.budget.fit_width` on the real network (backbone,
+    readout and head as :func:`build_network` builds them, on the ``meta`` device), as a multiple
+    of the readout's and GAT's attention heads. Returns the budget (``None`` when unset, or in
+    frozen mode, whose backbone comes from its checkpoint). Graph classification only.
+    """
+    budget = cfg.model.get("param_budget")
+    if budget is None or cfg.mode != "end_to_end":
+        return None
+    if cfg.get("task", "graph") != "graph":
+        raise UserError("model.param_budget is implemented for graph classification only; "
+                        "drop it (or set model.hidden) for task=node.")
+    from histograph.nn.budget import fit_width, meta_count, width_step
+    from histograph.nn.model import build_model
+
+    def count(width: int) -> int:
+        cfg.model.hidden = width  # the head's and readout's ${model.hidden} follow
+        return meta_count(lambda: build_model(
+            instantiate(cfg.model), instantiate(cfg.readout), instantiate(cfg.head),
+            in_channels=data.num_features, out_channels=data.num_outputs,
+            edge_dim=data.edge_dim, encoder=data.encoder))
+
+    step = width_step([cfg.readout.get("heads"),
+                       cfg.model.get("gat_heads") if cfg.model.get("conv") == "gat" else None])
+    cfg.model.hidden = fit_width(count, budget, step=step)
+    log.info("model.param_budget=%d -> model.hidden=%d", budget, cfg.model.hidden)
+    return int(budget)
 
 
 def split_meta(cfg: DictConfig, data) -> dict[str, Any]:
@@ -121,7 +159,10 @@ def build_network(cfg: DictConfig, dm) -> tuple[torch.nn.Module, dict[str, Any],
     freezes it, swaps the dataset for the cached histories and trains readout + head only.
     """
     from histograph.nn.model import GraphClassifier, build_model
+    from histograph.node import build_node_network, task_of
 
+    if task_of(cfg) == "node":
+        return build_node_network(cfg, dm, readout_name=choice(cfg, "readout"))
     data = dm.data
     meta = split_meta(cfg, data)
     if cfg.mode == "end_to_end":
@@ -173,8 +214,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from histograph.nn.model import build_model
+    from histograph.diagnostics import diagnose
     from histograph.training.loggers import build_loggers, config_dict, finish_wandb, log_config
     from histograph.training.module import LitGraphClassifier, selected_epoch
+    from histograph.training.node_module import LitNodeClassifier
+    from histograph.checkpoints import RunConfigCheckpoint, resume_point, run_config
+    from histograph.training.csv_logger import resume_loggers
+    from histograph.training.guards import FiniteLossGuard
+    from histograph.training.rng_state import RNGStateCheckpoint
 
     start = time.time()
     validate_config(cfg)
@@ -194,13 +241,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     dm = build_datamodule(cfg)
     dm.setup("fit")
+    param_budget = apply_param_budget(cfg, dm.data)
     model, meta, extra = build_network(cfg, dm)
     data = dm.data
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    lit = LitGraphClassifier(model, task=data.task, num_outputs=data.num_outputs,
-                             metric=data.metric, dataset_name=data.name,
-                             optimizer=instantiate(cfg.optimizer), scheduler=scheduler,
-                             eval_splits=dm.eval_splits, meta=meta)
+    lit_class = LitNodeClassifier if extra.get("task") == "node" else LitGraphClassifier
+    lit = lit_class(model, task=data.task, num_outputs=data.num_outputs, metric=data.metric,
+                    dataset_name=data.name, optimizer=instantiate(cfg.optimizer),
+                    scheduler=scheduler, eval_splits=dm.eval_splits, meta=meta)
 
     has_val = "val" in dm.eval_splits
     checkpoint = ModelCheckpoint(
@@ -208,24 +256,33 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         monitor=f"val/{data.metric}" if has_val else None, mode="max", save_last=True,
         save_top_k=1)
     name = run_name(cfg)
-    loggers = build_loggers(cfg.get("logger"), output_dir, run_name=name,
-                            group=cfg.get("task_name"), job_type=choice(cfg, "readout"),
-                            tags=list(cfg.get("tags") or []))
+    # W&B: grouped by sweep (task name for single runs), job type = readout, named after the
+    # job's overrides, tagged with the experiment preset
+    experiment = choice(cfg, "experiment")
+    loggers = build_loggers(cfg.get("logger"), output_dir, run_name=jobs.job_name() or name,
+                            group=cfg.get("sweep_name") if jobs.is_multirun()
+                            else cfg.get("task_name"), job_type=choice(cfg, "readout"),
+                            tags=list(cfg.get("tags") or []) + ([experiment] if experiment
+                                                                  else []))
+    # resume from <run dir>/checkpoints/last.ckpt, refused when it belongs to another run
+    resume_from, resume_epoch = resume_point(cfg, output_dir, lit)
+    if resume_epoch is not None:
+        resume_loggers(loggers, resume_epoch)  # keep the CSV rows of the epochs already done
     failed = True
     try:
         log_config(loggers, config_dict(cfg))
-        trainer = build_trainer(cfg, [checkpoint], loggers, output_dir)
-        last = output_dir / "checkpoints" / "last.ckpt"
-        resume_from = str(last) if cfg.get("resume", True) and last.exists() else None
-        if resume_from:
-            log.info("Resuming from %s", resume_from)
-        trainer.fit(lit, datamodule=dm, ckpt_path=resume_from)
+        callbacks = [checkpoint, RNGStateCheckpoint(), FiniteLossGuard(),
+                     RunConfigCheckpoint(run_config(cfg))]
+        trainer = build_trainer(cfg, callbacks, loggers, output_dir)
+        trainer.fit(lit, datamodule=dm, ckpt_path=resume_from, weights_only=True)
         history = lit.history
         if not history["test"]:
             raise UserError("Training ran no evaluation epoch; raise trainer.max_epochs.")
         selected = selected_epoch(history)
         best = checkpoint.best_model_path or checkpoint.last_model_path
-        tested = trainer.test(lit, datamodule=dm, ckpt_path=best, verbose=False)[0]
+        tested = trainer.test(lit, datamodule=dm, ckpt_path=best, verbose=False,
+                              weights_only=True)[0]
+        smoothing = diagnose(lit.model, dm, loggers, step=trainer.global_step)  # best weights
         failed = False
     finally:
         finish_wandb(loggers, failed)
@@ -236,6 +293,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "readout": choice(cfg, "readout") or cfg.readout._target_.rsplit(".", 1)[-1],
         "layers": int(cfg.model.layers),
         "hidden": int(cfg.model.hidden),
+        "param_budget": param_budget,
         "seed": int(cfg.seed),
         "fold": int(cfg.fold) if cfg.protocol.name != "ogb" else None,
         "protocol": cfg.protocol.name,
@@ -259,6 +317,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "versions": versions(),
     }
     results.update(extra)
+    results.update(smoothing)
+    if not trainer.is_global_zero:  # DDP: every rank returns the results, rank 0 writes them
+        return results
     atomic_write_json(output_dir / "results.json", results)
     val_txt = f"val {data.metric} {results['val']:.4f}, " if has_val else ""
     print(f"[histograph] {name}: selected epoch {selected} ({cfg.protocol.name}): {val_txt}"
@@ -270,6 +331,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------- command line
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    # Lightning prints through its own stderr handlers *and* Hydra's root handlers; keep one
+    # path (Hydra's console + <run dir>/train.log). Import first: the handlers come at import.
+    import lightning  # noqa: F401
+
+    # cosmetic library warnings (ENV.md gotcha 13; OGB's read-only numpy labels)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r"The given NumPy array is not writable")
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+    if jobs.is_multirun():  # skip when done; a failure becomes failed.json, the sweep goes on
+        return jobs.run_idempotent(cfg, run)
     try:
         results = run(cfg)
     except UserError as exc:
