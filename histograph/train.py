@@ -68,6 +68,13 @@ def validate_config(cfg: DictConfig) -> None:
                               or cfg.model.hidden % heads):
         raise UserError(f"readout.heads={heads} must be a positive divisor of model.hidden="
                         f"{cfg.model.hidden}; change one of them.")
+    lr = cfg.optimizer.get("lr")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
+        raise UserError(f"optimizer.lr must be a positive number, got {lr!r}.")
+    accel = cfg.trainer.get("accelerator")
+    if accel in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(f"trainer.accelerator={accel} but no GPU is available here; use "
+                        f"trainer.accelerator=cpu (or auto).")
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -98,11 +105,16 @@ def build_datamodule(cfg: DictConfig):
 
 
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list, output_dir: Path):
+    from hydra.errors import InstantiationException
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
         return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers,
                            default_root_dir=str(output_dir))
+    except InstantiationException as exc:  # Hydra wraps the Trainer's own error
+        cause = exc.__cause__ or exc
+        raise UserError(f"The trainer settings were rejected ({type(cause).__name__}: "
+                        f"{cause}); check the trainer.* overrides.") from exc
     except (MisconfigurationException, RuntimeError, ValueError) as exc:
         accel = cfg.trainer.get("accelerator")
         if accel in ("gpu", "cuda") and not torch.cuda.is_available():
@@ -210,10 +222,12 @@ def build_network(cfg: DictConfig, dm) -> tuple[torch.nn.Module, dict[str, Any],
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one job; write ``results.json`` atomically; return the results."""
+    start = time.time()
+    validate_config(cfg)  # before the slow imports: a bad value fails in about a second
+
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from histograph.nn.model import build_model
     from histograph.diagnostics import diagnose
     from histograph.training.loggers import build_loggers, config_dict, finish_wandb, log_config
     from histograph.training.module import LitGraphClassifier, selected_epoch
@@ -223,8 +237,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from histograph.training.guards import FiniteLossGuard
     from histograph.training.rng_state import RNGStateCheckpoint
 
-    start = time.time()
-    validate_config(cfg)
     threads = resolve_threads(cfg.get("threads", "auto"))
     if threads is not None:
         torch.set_num_threads(threads)
@@ -258,12 +270,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     name = run_name(cfg)
     # W&B: grouped by sweep (task name for single runs), job type = readout, named after the
     # job's overrides, tagged with the experiment preset
-    experiment = choice(cfg, "experiment")
+    tags = list(dict.fromkeys([*(cfg.get("tags") or []), choice(cfg, "experiment")]))
     loggers = build_loggers(cfg.get("logger"), output_dir, run_name=jobs.job_name() or name,
                             group=cfg.get("sweep_name") if jobs.is_multirun()
                             else cfg.get("task_name"), job_type=choice(cfg, "readout"),
-                            tags=list(cfg.get("tags") or []) + ([experiment] if experiment
-                                                                  else []))
+                            tags=[t for t in tags if t])
     # resume from <run dir>/checkpoints/last.ckpt, refused when it belongs to another run
     resume_from, resume_epoch = resume_point(cfg, output_dir, lit)
     if resume_epoch is not None:
@@ -272,7 +283,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         log_config(loggers, config_dict(cfg))
         callbacks = [checkpoint, RNGStateCheckpoint(), FiniteLossGuard(),
-                     RunConfigCheckpoint(run_config(cfg))]
+                     RunConfigCheckpoint(run_config(cfg)),  # + configured ones (early stopping)
+                     *[instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]]
         trainer = build_trainer(cfg, callbacks, loggers, output_dir)
         trainer.fit(lit, datamodule=dm, ckpt_path=resume_from, weights_only=True)
         history = lit.history
@@ -312,6 +324,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": best,
         "threads": torch.get_num_threads(),
         "accelerator": type(trainer.accelerator).__name__,
+        "world_size": trainer.world_size,
         "wall_time_s": round(time.time() - start, 3),
         "run_name": name,
         "versions": versions(),

@@ -13,6 +13,16 @@ from typing import Any
 import torch
 
 
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file: 0666 minus the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically: a temp file in the same folder, then ``os.replace``.
 
@@ -22,6 +32,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; results are meant to be shared
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()

@@ -8,7 +8,7 @@ embedded MUTAG copy, staged into a per-session data folder.
 from __future__ import annotations
 
 import os
-import socket
+import sys
 from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -34,33 +34,30 @@ CONFIG_DIR = ROOT / "configs"
 MIRROR = os.environ.get("HISTOGRAPH_DATA_MIRROR")
 
 # ----------------------------------------------------------------------------- network guard
-NETWORK_ATTEMPTS: list[str] = []
-_real_connect = socket.socket.connect
-_real_connect_ex = socket.socket.connect_ex
-_LOCAL = ("127.", "localhost", "::1", "0.0.0.0")
+# One guard per interpreter (tests/netguard/netguard.py): pytest imports this file as ``conftest``
+# and test modules import it again as ``tests.conftest``; both copies share the same list.
+NETGUARD_DIR = Path(__file__).resolve().parent / "netguard"
+if str(NETGUARD_DIR) not in sys.path:
+    sys.path.insert(0, str(NETGUARD_DIR))
+import netguard  # noqa: E402
+
+NETWORK_ATTEMPTS: list[str] = netguard.install()
+
+# Subprocesses (``python train.py ...`` in tests) get the same guard from
+# tests/netguard/sitecustomize.py; it appends every blocked host to $HISTOGRAPH_NETGUARD_LOG.
 
 
-def _guard(self, address):
-    if self.family in (socket.AF_INET, socket.AF_INET6):
-        host = str(address[0]) if isinstance(address, tuple) else str(address)
-        if not host.startswith(_LOCAL):
-            NETWORK_ATTEMPTS.append(host)
-            raise OSError(f"network access is disabled in tests (tried {host})")
-    return None
+def guarded_env(log_file: Path, **extra: str) -> dict[str, str]:
+    """Environment for a test subprocess: offline, one thread, and the network guard installed.
 
-
-def _connect(self, address):
-    _guard(self, address)
-    return _real_connect(self, address)
-
-
-def _connect_ex(self, address):
-    _guard(self, address)
-    return _real_connect_ex(self, address)
-
-
-socket.socket.connect = _connect  # type: ignore[method-assign]
-socket.socket.connect_ex = _connect_ex  # type: ignore[method-assign]
+    After the subprocess, ``log_file`` lists the hosts it tried to reach (empty file: none).
+    """
+    env = dict(os.environ, OMP_NUM_THREADS="1", HISTOGRAPH_OFFLINE="1", WANDB_MODE="offline",
+               OUTDATED_IGNORE="1", HISTOGRAPH_NETGUARD_LOG=str(log_file), **extra)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(NETGUARD_DIR), str(ROOT),
+                                                    env.get("PYTHONPATH", "")) if p)
+    log_file.write_text("")
+    return env
 
 
 @pytest.fixture(autouse=True)

@@ -72,7 +72,7 @@ def test_ogb_metric_equals_evaluator(cfg_factory, tmp_path):
     # recompute the test ROC-AUC of the selected checkpoint with the official Evaluator
     dm = build_datamodule(cfg)
     dm.setup()
-    ckpt = torch.load(res["checkpoint"], map_location="cpu", weights_only=False)
+    ckpt = torch.load(res["checkpoint"], map_location="cpu", weights_only=True)
     from hydra.utils import instantiate
 
     from histograph.nn.model import build_model
@@ -151,3 +151,10 @@ def test_mirror_is_staged_not_modified(data_dir, tmp_path):
     assert (tmp_path / "fresh" / "TUDataset" / "MUTAG" / "processed").is_dir()
     after = {p: p.stat().st_mtime for p in EMBEDDED_MIRROR.rglob("*")}
     assert before == after
+
+
+def test_tensorboard_logger_also_keeps_csv(cfg_factory, tmp_path):
+    run(cfg_factory(["logger=tensorboard", "trainer.max_epochs=1", "model.layers=1"]))
+    out = tmp_path / "run"
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    assert (out / "csv" / "metrics.csv").exists()

@@ -16,11 +16,13 @@ import lightning.pytorch as pl
 import torch
 from torch_geometric.loader import DataLoader
 
+from histograph.data.collate import CachedGraphLoader, unsupported_reason
 from histograph.data.graphs import GraphData
 from histograph.data.splits import load_or_make_folds
 from histograph.errors import UserError, unknown_choice
 
 PROTOCOLS = ("holdout", "gin", "ogb", "nested")
+LOADERS = ("auto", "cached", "pyg")
 
 
 class GraphDataModule(pl.LightningDataModule):
@@ -39,16 +41,29 @@ class GraphDataModule(pl.LightningDataModule):
     :param eval_batch_size: graphs per evaluation batch (default: ``batch_size``).
     :param num_workers: DataLoader worker processes (0 is fastest for small in-memory sets).
     :param offline: never download; fail clearly when files are missing.
+    :param loader: ``cached`` (:class:`~histograph.data.collate.CachedGraphLoader`: batches cut
+        from the collated in-memory tensors, no per-graph Python work), ``pyg`` (PyG's
+        ``DataLoader``, with ``num_workers``), or ``auto`` (``cached`` when the dataset allows
+        it and ``num_workers == 0``).
+    :param bucket_by_size: training batches of graphs of similar size (less padding for dense
+        per-graph stages; needs the cached loader).
+    :param bucket_window: training batches per size-sorting window when ``bucket_by_size``.
     """
 
     def __init__(self, dataset: Callable[..., GraphData], data_dir: str | os.PathLike,
                  data_mirror: str | None = None, protocol: str = "holdout", fold: int = 0,
                  folds: int = 10, val_fraction: float = 0.1, split_seed: int = 0,
                  batch_size: int = 32, eval_batch_size: int | None = None,
-                 num_workers: int = 0, offline: bool = False) -> None:
+                 num_workers: int = 0, offline: bool = False, loader: str = "auto",
+                 bucket_by_size: bool = False, bucket_window: int = 64) -> None:
         super().__init__()
         if protocol not in PROTOCOLS:
             raise unknown_choice("protocol", protocol, PROTOCOLS)
+        if loader not in LOADERS:
+            raise unknown_choice("data.loader", loader, LOADERS)
+        if bucket_by_size and loader == "pyg":
+            raise UserError("data.bucket_by_size=true needs the cached loader; set "
+                            "data.loader=auto (or cached).")
         if int(batch_size) < 1:
             raise UserError(f"data.batch_size must be a positive integer, got {batch_size!r}.")
         self.loader = dataset
@@ -63,6 +78,8 @@ class GraphDataModule(pl.LightningDataModule):
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.num_workers = int(num_workers)
         self.offline = offline
+        self.loader_kind = loader
+        self.bucket_by_size, self.bucket_window = bool(bucket_by_size), int(bucket_window)
         self.data: GraphData | None = None
         self.split: dict[str, torch.Tensor] = {}
 
@@ -114,17 +131,37 @@ class GraphDataModule(pl.LightningDataModule):
         return self.data.dataset[self.split[key]]
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, key: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.subset(key),
-                          batch_size=self.batch_size if shuffle else self.eval_batch_size,
-                          shuffle=shuffle, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+    def use_cached_loader(self, dataset) -> bool:
+        """Whether ``dataset`` is served by the cached loader (see ``loader``)."""
+        reason = unsupported_reason(dataset)
+        if self.loader_kind == "pyg":
+            return False
+        if self.loader_kind == "cached" or self.bucket_by_size:
+            if reason is not None:
+                raise UserError(f"The cached loader cannot serve {self.data.name}: {reason}; set "
+                                f"data.loader=pyg (and data.bucket_by_size=false).")
+            return True
+        return reason is None and self.num_workers == 0
 
-    def train_dataloader(self) -> DataLoader:
+    def _loader(self, key: str, shuffle: bool) -> DataLoader | CachedGraphLoader:
+        dataset = self.subset(key)
+        batch_size = self.batch_size if shuffle else self.eval_batch_size
+        if self.use_cached_loader(dataset):
+            trainer = getattr(self, "trainer", None)
+            world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+            rank = int(getattr(trainer, "global_rank", 0) or 0) if trainer is not None else 0
+            return CachedGraphLoader(dataset, batch_size, shuffle=shuffle,
+                                     bucket_by_size=self.bucket_by_size and shuffle,
+                                     bucket_window=self.bucket_window, rank=rank,
+                                     world_size=world)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader | CachedGraphLoader:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> list[DataLoader]:
+    def val_dataloader(self) -> list[DataLoader | CachedGraphLoader]:
         return [self._loader(key, shuffle=False) for key in self.eval_splits]
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | CachedGraphLoader:
         return self._loader("test", shuffle=False)

@@ -64,6 +64,7 @@ def stage(relative: str, data_dir: str | os.PathLike, mirror: Path | None) -> Pa
             os.close(fd)
             try:
                 shutil.copyfile(src, tmp)
+                os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared data dir needs readable files
                 os.replace(tmp, dst)
             finally:
                 if os.path.exists(tmp):

@@ -52,9 +52,15 @@ def make_folds(labels: np.ndarray, k: int, seed: int, val_fraction: float) -> li
     folds = []
     for train_idx, test_idx in skf.split(np.zeros(len(labels)), labels):
         if val_fraction > 0:
-            train_idx, val_idx = train_test_split(
-                train_idx, test_size=val_fraction, stratify=labels[train_idx],
-                random_state=seed)
+            try:
+                train_idx, val_idx = train_test_split(
+                    train_idx, test_size=val_fraction, stratify=labels[train_idx],
+                    random_state=seed)
+            except ValueError as exc:  # a stratified part would be empty or miss a class
+                raise UserError(
+                    f"protocol.val_fraction={val_fraction} cannot hold out a stratified "
+                    f"validation set from {len(train_idx)} training graphs ({exc}); use a value "
+                    f"such as 0.1, or protocol=gin (no validation set).") from exc
         else:
             val_idx = np.array([], dtype=np.int64)
         folds.append({"train": sorted(int(i) for i in train_idx),

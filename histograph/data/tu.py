@@ -66,7 +66,12 @@ def load_tu(name: str, data_dir: str | os.PathLike, data_mirror: str | None = No
             f"truncated or corrupt: delete {root / name} and copy them again.") from exc
     if len(dataset) == 0:
         raise UserError(f"TU dataset {name!r} in {raw} holds no graphs; re-copy its raw files.")
-    data_list = list(dataset)
+    try:  # PyG does not check the line counts: a short labels file fails only when sliced
+        data_list = list(dataset)
+    except (RuntimeError, IndexError) as exc:
+        raise UserError(
+            f"The raw files of TU dataset {name!r} in {raw} disagree in length ({exc}); one is "
+            f"truncated: delete {root / name} and copy them again.") from exc
     if dataset.num_node_features == 0:
         data_list = [_with_degree_features(d, degree_cap) for d in data_list]
     labels = torch.cat([d.y.view(-1) for d in data_list]).numpy()

@@ -49,11 +49,15 @@ class HistoryGNN(torch.nn.Module):
         edge_dim (int, optional): edge-feature width (dense) — needed by ``gine``; with
             ``encoder="atom"`` OGB's ``BondEncoder`` embeds the categorical bond features.
         gat_heads (int): attention heads of ``gat`` layers. (default: :obj:`4`)
+        param_budget (int, optional): the parameter budget ``hidden`` was fitted to
+            (``model.param_budget``; :mod:`histograph.nn.budget` picks ``hidden`` before the
+            backbone is built). Recorded here, not used. (default: :obj:`None`)
     """
 
     def __init__(self, in_channels: int, hidden: int, layers: int, conv: str = "gin", norm: str | None = "batch", act: str = "relu",
                  dropout: float = 0.0, residual: bool = False, encoder: str = "linear",
-                 edge_dim: int | None = None, gat_heads: int = 4) -> None:
+                 edge_dim: int | None = None, gat_heads: int = 4,
+                 param_budget: int | None = None) -> None:
         super().__init__()
         if conv not in CONVS:
             raise unknown_choice("model conv", conv, CONVS)
@@ -74,6 +78,7 @@ class HistoryGNN(torch.nn.Module):
         num_layers = layers
         self.conv_name, self.residual, self.dropout = conv, residual, float(dropout)
         self.encoder_name, self.gat_heads, self.act_name = encoder, gat_heads, act
+        self.param_budget = param_budget
         self.norm_name = None if norm in (None, "none", "None") else norm
         h = hidden
         if encoder == "atom":

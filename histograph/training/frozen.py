@@ -49,17 +49,12 @@ def read_source(path: str | os.PathLike | None) -> SourceCheckpoint:
     if path in (None, "", "null"):
         raise UserError("mode=frozen needs backbone_ckpt=<path to a checkpoint of an earlier "
                         "run> (e.g. <run dir>/checkpoints/last.ckpt).")
+    from histograph.checkpoints import load_checkpoint
+
     path = Path(str(path)).expanduser()
-    if not path.is_file():
-        raise UserError(f"backbone_ckpt {str(path)!r} does not exist; pass the .ckpt file of an "
-                        f"earlier run (its checkpoints/ folder).")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UserError(f"backbone_ckpt {str(path)!r} could not be read as a checkpoint "
-                        f"({type(exc).__name__}); pass a .ckpt written by histograph.") from exc
-    meta = ckpt.get("histograph_meta") if isinstance(ckpt, dict) else None
-    state = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
+    ckpt = load_checkpoint(path, what="backbone_ckpt")  # weights_only=True, one-line errors
+    meta = ckpt.get("histograph_meta")
+    state = ckpt.get("state_dict", {})
     prefix = "model.backbone."
     backbone_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if meta is None or not backbone_state:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,11 @@ from typing import Any
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from histograph.training.csv_logger import ResumableCSVLogger
+from histograph.training.wandb_auth import wandb_online_possible
+
+log = logging.getLogger("histograph")
 
 
 def build_loggers(logger_cfg: DictConfig | None, output_dir: Path, run_name: str,
@@ -27,12 +33,18 @@ def build_loggers(logger_cfg: DictConfig | None, output_dir: Path, run_name: str
                 node.group = node.get("group") or group
                 node.job_type = node.get("job_type") or job_type
                 node.tags = list(node.get("tags") or []) + list(tags or [])
+                if not node.get("offline") and not wandb_online_possible():
+                    log.warning("W&B has no API key here (WANDB_API_KEY or `wandb login`): "
+                                "logging offline to %s/wandb; upload later with `wandb sync`.",
+                                node.save_dir)
+                    node.offline = True
+                    node.log_model = False  # uploading checkpoints needs a login
                 if node.get("offline"):
                     os.environ.setdefault("WANDB_MODE", "offline")
             Path(node.save_dir).mkdir(parents=True, exist_ok=True)
         loggers.append(instantiate(node))
     if not any(isinstance(lg, CSVLogger) for lg in loggers):
-        loggers.insert(0, CSVLogger(save_dir=str(output_dir), name="csv", version=""))
+        loggers.insert(0, ResumableCSVLogger(save_dir=str(output_dir), name="csv", version=""))
     return loggers
 
 

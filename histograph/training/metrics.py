@@ -52,6 +52,9 @@ def make_metric(metric: str, task: str, num_outputs: int, dataset_name: str) -> 
     if task == "multiclass":
         if metric != "acc":
             raise ValueError(f"multiclass datasets are scored by accuracy, not {metric!r}")
+        # validate_args=False: no per-step input checks (torch.unique + host syncs); the
+        # module always passes logits [B, C] and integer targets [B]
         return torchmetrics.classification.MulticlassAccuracy(num_classes=num_outputs,
-                                                              average="micro")
+                                                              average="micro",
+                                                              validate_args=False)
     return OGBMetric(dataset_name, metric)

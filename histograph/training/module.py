@@ -52,7 +52,10 @@ class LitGraphClassifier(pl.LightningModule):
         self.metrics = torch.nn.ModuleDict(
             {f"{s}_": make_metric(metric, task, num_outputs, dataset_name) for s in splits})
         self._alpha: dict[str, list] = {}
-        self._train_loss: list[Tensor] = []
+        # per split: running sum of loss * graphs (a device tensor, so no per-step host sync)
+        # and the number of graphs; logged once per epoch instead of one self.log per step
+        self._loss_sum: dict[str, Tensor] = {}
+        self._loss_count: dict[str, int] = {}
         self.test_layer_weights: list[float] | None = None
         self.history: dict[str, list[float]] = {
             "train_loss": [], f"train_{metric}": [], "val_loss": [],
@@ -77,8 +80,7 @@ class LitGraphClassifier(pl.LightningModule):
         logits = self(batch)
         loss = self.loss(logits, batch.y)
         self.metrics[f"{split}_"].update(logits, self._target(batch.y))
-        self.log(f"{split}/loss", loss, batch_size=batch.num_graphs, on_step=False,
-                 on_epoch=True, add_dataloader_idx=False, prog_bar=split != "test")
+        self._record_loss(split, loss, batch.num_graphs)
         weights = getattr(self.model.readout, "last_layer_weights", None)
         if weights is not None:
             acc = self._alpha.setdefault(split, [torch.zeros_like(weights[0]), 0])
@@ -86,11 +88,15 @@ class LitGraphClassifier(pl.LightningModule):
             acc[1] += weights.size(0)
         return loss
 
+    def _record_loss(self, split: str, loss: Tensor, weight: int) -> None:
+        """Add a batch's loss (weighted by its number of graphs) to the split's epoch sum."""
+        previous = self._loss_sum.get(split)
+        weighted = loss.detach() * weight
+        self._loss_sum[split] = weighted if previous is None else previous + weighted
+        self._loss_count[split] = self._loss_count.get(split, 0) + weight
+
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        loss = self._shared_step(batch, "train")
-        self._train_loss.append(torch.stack([loss.detach() * batch.num_graphs,
-                                             loss.new_tensor(float(batch.num_graphs))]))
-        return loss
+        return self._shared_step(batch, "train")
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._shared_step(batch, self.eval_splits[dataloader_idx])
@@ -99,6 +105,15 @@ class LitGraphClassifier(pl.LightningModule):
         self._shared_step(batch, "test")
 
     # ------------------------------------------------------------------ epoch ends
+    def _epoch_loss(self, split: str) -> Tensor | None:
+        """Mean loss per graph of ``split`` this epoch (logged as ``<split>/loss``), then reset."""
+        total, count = self._loss_sum.pop(split, None), self._loss_count.pop(split, 0)
+        if total is None or count == 0:
+            return None
+        mean = total / count
+        self.log(f"{split}/loss", mean, prog_bar=split != "test")
+        return mean
+
     def _log_epoch(self, splits: Sequence[str]) -> dict[str, float]:
         values = {}
         for split in splits:
@@ -118,17 +133,17 @@ class LitGraphClassifier(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         evaluated = self._log_epoch(self.eval_splits)
+        losses = {split: self._epoch_loss(split) for split in self.eval_splits}
         if self.trainer.sanity_checking:
             return
         h = self.history
         for split, value in evaluated.items():
             h[split].append(float(value))
-        if "val/loss" in self.trainer.callback_metrics:
-            h["val_loss"].append(float(self.trainer.callback_metrics["val/loss"]))
-        if self._train_loss:  # the training batches of this epoch are all done by now
-            total = torch.stack(self._train_loss).sum(0)
-            self._train_loss.clear()
-            h["train_loss"].append(float(total[0] / total[1]))
+        if losses.get("val") is not None:
+            h["val_loss"].append(float(losses["val"]))
+        train_loss = self._epoch_loss("train")
+        if train_loss is not None:  # the training batches of this epoch are all done by now
+            h["train_loss"].append(float(train_loss))
             h[f"train_{self.metric_name}"].append(float(self._log_epoch(["train"])["train"]))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -141,6 +156,7 @@ class LitGraphClassifier(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch(["test"])
+        self._epoch_loss("test")
 
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self):

@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch_geometric.utils import scatter, to_dense_batch
+from torch_geometric.utils import scatter
 
 NORMALIZATIONS = ("signed", "softmax")
 SCOPES = ("graph", "batch")
@@ -32,6 +32,68 @@ def signed_guard(z: Tensor, eps: float) -> Tensor:
     r""":math:`\mathrm{sign}(z)\max(|z|, \epsilon)` with :math:`\mathrm{sign}(0) = +1`; finite
     value and gradient everywhere (the clamped branch has zero gradient)."""
     return torch.where(z >= 0, z.clamp(min=eps), z.clamp(max=-eps))
+
+
+# Padded slots a size class may add to the next-larger one before the two are padded
+# together: one attention call costs about as much as this many extra padded slots on a CPU
+MERGE_SLOTS = 2048
+
+
+def size_groups(batch: Tensor, num_graphs: int, merge_slots: int | None = None
+                ) -> tuple[Tensor, list[tuple[int, int, int]], int]:
+    r"""Where every node goes when graphs are padded by size class instead of to the largest.
+
+    Graphs fall into power-of-two size classes (:math:`2^{b-1} < N_g \le 2^b`); adjacent
+    classes are merged while the extra padding, :math:`B_b (M_{b'}^2 - M_b^2)`, stays below
+    ``merge_slots``. Group :math:`j` becomes a dense block of :math:`B_j` graphs padded to its
+    largest graph :math:`M_j`, stored row-major in one flat buffer.
+
+    Args:
+        batch (torch.Tensor): Sorted graph index of every node, shape :obj:`[N]`.
+        num_graphs (int): Number of graphs :obj:`B` (empty graphs take no slot).
+        merge_slots (int, optional): Merge threshold in padded slots (``0``: never merge;
+            default: the module constant :data:`MERGE_SLOTS`).
+
+    Returns:
+        (dest, blocks, total): every node's row in the flat buffer :obj:`[N]`; per block
+        ``(offset, B_j, M_j)``; the buffer length :math:`\sum_j B_j M_j`. One host sync (the
+        block shapes); vectorised over nodes and graphs.
+    """
+    merge_slots = MERGE_SLOTS if merge_slots is None else merge_slots
+    device = batch.device
+    counts = torch.bincount(batch, minlength=num_graphs)  # [B]
+    # size class = bit length of N_g - 1 (1 node: class 0, 2: 1, 3-4: 2, 5-8: 3, ...)
+    cls = torch.frexp((counts - 1).clamp(min=0).to(torch.float32)).exponent.long()
+    top = max(int(batch.numel()), 1).bit_length() + 1
+    nonempty = counts > 0
+    cls = torch.where(nonempty, cls, top)  # empty graphs: an extra, ignored class
+    stats = torch.zeros(2, top + 1, dtype=torch.long, device=device)
+    stats[0].scatter_reduce_(0, cls, counts, reduce="amax")  # largest graph per class
+    stats[1].scatter_add_(0, cls, nonempty.long())  # graphs per class
+    largest, members = stats[:, :top].tolist()  # the host sync: the block shapes
+    group_of = [0] * (top + 1)
+    groups: list[list[int]] = []  # [graphs, largest]
+    for b in range(top):  # over size classes (at most ~log2(N) + 1), never over graphs
+        if not members[b]:
+            continue
+        if groups and groups[-1][0] * (largest[b] ** 2 - groups[-1][1] ** 2) < merge_slots:
+            groups[-1] = [groups[-1][0] + members[b], largest[b]]
+        else:
+            groups.append([members[b], largest[b]])
+        group_of[b] = len(groups) - 1
+    blocks, offset = [], 0
+    for num, size in groups:
+        blocks.append((offset, num, size))
+        offset += num * size
+    group_of[top] = len(groups)  # empty graphs
+    group = torch.tensor(group_of, device=device)[cls]  # [B]
+    one_hot = torch.nn.functional.one_hot(group, len(groups) + 1)  # [B, G + 1]
+    slot = (one_hot.cumsum(0) * one_hot).sum(1) - 1  # rank of each graph within its group
+    info = torch.tensor([[o, m] for o, _, m in blocks] + [[0, 0]], device=device)  # [G+1, 2]
+    graph_row = info[group, 0] + slot * info[group, 1]  # first row of each graph's block
+    start = torch.cumsum(counts, 0) - counts  # first node of each graph
+    dest = graph_row[batch] + (torch.arange(batch.numel(), device=device) - start[batch])
+    return dest, blocks, offset
 
 
 class HistographReadout(torch.nn.Module):
@@ -73,8 +135,10 @@ class HistographReadout(torch.nn.Module):
     :obj:`node_stage=False` uses :math:`\mathbf{Z} = \mathbf{H}`. :math:`\mathbf{W}_Q,
     \mathbf{W}_K` have no bias, as in the formulas.
 
-    Cost: :math:`O(N \cdot L \cdot D)` for stage 1 plus :math:`O(\sum_g N_g^2 \cdot D)` for
-    stage 2 (graphs padded to the largest one, with a key mask; no loop over graphs).
+    Cost: :math:`O(N \cdot L \cdot D^2)` for stage 1 (the per-layer projection; the scores use
+    :math:`\langle q, W_K x\rangle = \langle W_K^\top q, x\rangle`, so no key is computed per
+    layer) plus :math:`O(\sum_g N_g^2 \cdot D)` for stage 2 (graphs grouped into power-of-two
+    size buckets, each padded to its largest graph with a key mask; no loop over graphs).
 
     Args:
         in_channels (int): Node feature size :math:`D` of every history entry.
@@ -168,14 +232,14 @@ class HistographReadout(torch.nn.Module):
             if module is not None:
                 module.reset_parameters()
 
-    def _project(self, x: Tensor, start: int) -> Tensor:
-        """Projects the history entries ``start..L-1`` of ``x`` [N, L - start, D] and adds P."""
+    def _project(self, xs: Tensor, start: int) -> Tensor:
+        """Projects the history entries ``start..L-1`` given layer-major as ``xs``
+        [L - start, N, D] and adds P (one batched matmul with the bias and P fused in)."""
+        shift = self.pos_enc[start:].unsqueeze(1)  # [L - start, 1, D]
         if self.proj_weight is not None:
-            x = (torch.einsum("nli,loi->nlo", x, self.proj_weight[start:])
-                 + self.proj_bias[start:])
-        else:
-            x = self.proj(x)
-        return x + self.pos_enc[start:]
+            return torch.baddbmm((self.proj_bias[start:].unsqueeze(1) + shift), xs,
+                                 self.proj_weight[start:].transpose(1, 2))
+        return self.proj(xs) + shift
 
     def forward(self, history: Tensor | list[Tensor], batch: Tensor,
                 num_graphs: int | None = None) -> Tensor:
@@ -204,21 +268,35 @@ class HistographReadout(torch.nn.Module):
         the whole graph as one "graph" (``batch`` all zeros), so stage 1 learns one layer
         weighting shared by all nodes and stage 2 attends across all nodes.
         """
-        x = torch.stack(list(history), dim=1) if isinstance(history, (list, tuple)) else history
-        if x.dim() != 3 or x.size(1) != self.history_len or x.size(2) != self.in_channels:
+        # Layer-major [L, N, D] throughout: the list is concatenated without interleaving, the
+        # projection is one batched matmul over layers, and a stacked input takes the same path.
+        if isinstance(history, (list, tuple)):
+            shape = [history[0].size(0) if len(history) else 0, len(history),
+                     history[0].size(-1) if len(history) else 0]
+            ok = len(history) == self.history_len and all(
+                h.dim() == 2 and h.size(1) == self.in_channels for h in history)
+        else:
+            shape = list(history.shape)
+            ok = (history.dim() == 3 and history.size(1) == self.history_len
+                  and history.size(2) == self.in_channels)
+        if not ok:
             raise ValueError(f"history must have {self.history_len} entries of width "
                              f"{self.in_channels} (shape [N, {self.history_len}, "
-                             f"{self.in_channels}]), got shape {list(x.shape)}; pass the input "
+                             f"{self.in_channels}]), got shape {shape}; pass the input "
                              f"embedding plus every layer's output.")
+        xs = (torch.stack(list(history), dim=0) if isinstance(history, (list, tuple))
+              else history.transpose(0, 1).contiguous())  # [L, N, D]
         if num_graphs is None:
             num_graphs = int(batch.max()) + 1 if batch.numel() > 0 else 0
         L, D = self.history_len, self.in_channels
 
         if self.layer_stage:
-            x = self._project(x, 0)  # [N, L, D]
-            q = self.layer_query(x[:, L - 1])  # [N, D]
-            k = self.layer_key(x)  # [N, L, D]
-            s = torch.einsum("nd,nld->nl", q, k) / math.sqrt(D)  # [N, L]
+            xt = self._project(xs, 0)  # [L, N, D]
+            q = self.layer_query(xt[L - 1])  # [N, D]
+            # <q, W_K x> = <W_K^T q, x>: one [N, D] x [D, D] product instead of keys for
+            # all L layers ([N, L, D] x [D, D]); the 1/sqrt(D) scale rides along
+            qk = (q @ self.layer_key.weight) * (1.0 / math.sqrt(D))
+            s = (xt * qk).sum(dim=-1).t()  # [N, L]
             if self.scope == "graph":
                 c = scatter(s, batch, dim=0, dim_size=num_graphs, reduce="mean")  # [B, L]
             else:
@@ -227,31 +305,46 @@ class HistographReadout(torch.nn.Module):
                 alpha = c / signed_guard(c.sum(dim=-1, keepdim=True), self.eps)
             else:
                 alpha = torch.softmax(c, dim=-1)
-            node_alpha = alpha[batch] if self.scope == "graph" else alpha
-            h = (node_alpha.unsqueeze(-1) * x).sum(dim=1)  # [N, D]
+            node_alpha = alpha[batch] if self.scope == "graph" else alpha  # [N or 1, L]
+            h = (node_alpha.t().unsqueeze(-1) * xt).sum(dim=0)  # [N, D]
             self.last_layer_weights = alpha.detach().expand(num_graphs, L).clone()
         else:  # ablation: last layer only (project just that entry)
-            h = self._project(x[:, L - 1:], L - 1)[:, 0]
+            h = self._project(xs[L - 1:], L - 1)[0]
             self.last_layer_weights = None
 
         return self._node_attention(h, batch, num_graphs) if self.node_stage else h
 
     def _node_attention(self, h: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
-        """Multi-head self-attention among the nodes of each graph (padded), then unpadded."""
-        dense, mask = to_dense_batch(h, batch, batch_size=num_graphs)  # [B, M, D], [B, M]
-        B, M, D = dense.shape
-        key_mask = mask.clone()
-        if M > 0:  # an empty graph attends to (padding) position 0 instead of producing NaN
-            key_mask[:, 0] = True
+        """Multi-head self-attention among the nodes of each graph, then residual + LayerNorm.
 
-        def split(t: Tensor) -> Tensor:
-            return t.view(B, M, self.heads, D // self.heads).transpose(1, 2)
-
-        out = F.scaled_dot_product_attention(
-            split(self.node_query(dense)), split(self.node_key(dense)),
-            split(self.node_value(dense)), attn_mask=key_mask.view(B, 1, 1, M),
-            dropout_p=self.dropout if self.training else 0.0)  # [B, heads, M, D / heads]
-        out = self.node_out(out.transpose(1, 2).reshape(B, M, D))[mask]  # [N, D]
+        Graphs are padded into dense ``[B, M, D]`` blocks with a key mask for PyTorch's fused
+        attention. Padding every graph to the largest one of the batch costs ``B * max N_g^2``
+        instead of ``sum N_g^2`` (15x more on PROTEINS/DD/REDDIT batches, whose sizes are
+        heavy-tailed), so graphs are grouped by size (:func:`size_groups`) and each group is
+        padded to its own largest graph: one scatter puts every node into its group's block,
+        one attention call runs per occupied group (a handful), one gather brings the nodes
+        back; there is no loop over graphs. Empty graphs take no slot (their row stays zero).
+        """
+        N, D = h.shape
+        if N == 0:
+            return h
+        qkv = F.linear(h, torch.cat([self.node_query.weight, self.node_key.weight,
+                                     self.node_value.weight]),
+                       torch.cat([self.node_query.bias, self.node_key.bias,
+                                  self.node_value.bias]))  # [N, 3D]
+        dest, blocks, total = size_groups(batch, num_graphs)
+        flat = qkv.new_zeros(total, 3 * D).index_copy(0, dest, qkv)  # all blocks, row-major
+        key_mask = torch.zeros(total, dtype=torch.bool, device=h.device).index_fill_(0, dest,
+                                                                                    True)
+        H, dh = self.heads, D // self.heads
+        outs = []
+        for offset, B, M in blocks:
+            q, k, v = flat[offset:offset + B * M].view(B, M, 3, H, dh).permute(2, 0, 3, 1, 4)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=key_mask[offset:offset + B * M].view(B, 1, 1, M),
+                dropout_p=self.dropout if self.training else 0.0)  # [B, H, M, dh]
+            outs.append(out.transpose(1, 2).reshape(B * M, D))
+        out = self.node_out(torch.cat(outs).index_select(0, dest))  # [N, D]
         z = h + out if self.residual else out
         return self.norm(z) if self.norm is not None else z
 

@@ -1,0 +1,499 @@
+"""Aggregate a sweep of result folders into tidy tables: ``python -m histograph.aggregate <dir>``.
+
+A *job dir* is any folder (at any depth under the sweep dir) that holds ``.hydra/overrides.yaml``;
+it is ``done`` when it holds ``results.json``, ``failed`` when it holds ``failed.json`` (keys
+``error``, ``traceback``, ``overrides``) and ``missing`` otherwise (killed, or still running).
+When the sweep dir holds Hydra's ``multirun.yaml`` and the sweeper is Hydra's basic sweeper, the
+expected jobs are re-expanded from ``hydra.overrides.task`` (and ``hydra.sweeper.params``) with
+Hydra's own parser, so a job that never started is listed as ``missing`` too.
+
+Written atomically into the output dir (default: the sweep dir):
+
+* ``jobs.csv``: one row per job (``status``, ``job_dir``, every override key as a column, the
+  scalars of ``results.json``);
+* ``summary.csv`` / ``summary.md``: one row per group of jobs that differ only in ``seed`` and
+  ``fold``: mean +- std of ``val`` and ``test``, ``n`` (finished) against ``n_expected``, the
+  protocol and its selection rule. Incomplete groups are flagged, never silently averaged;
+* ``gin_curves.csv`` (``gin`` protocol groups only): the across-fold mean test curve per epoch;
+* ``incomplete.csv``: the failed and missing jobs, with the first line of each error.
+
+Protocols (``../shared/docs/PROTOCOLS.md``): for ``holdout``/``ogb``/``nested`` each job's
+``test`` is read at the epoch selected on its own validation set and the group reports mean +- std
+over jobs. For ``gin`` (paper-compatible, OPTIMISTIC) :func:`gin_selection` averages the per-epoch
+test accuracy over the folds and reports the best epoch of that mean curve, with the std over
+folds at that epoch. Standard deviations are population std (``ddof=0``, as ``numpy.std`` and the
+GIN / Errica et al. code bases report them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from histograph.errors import UserError
+from histograph.utils import atomic_write_text
+
+log = logging.getLogger("histograph")
+
+#: ``results.json`` scalars copied into ``jobs.csv``.
+RESULT_SCALARS = ("dataset", "model", "readout", "layers", "hidden", "seed", "fold", "protocol",
+                  "metric", "selected_epoch", "epochs", "val", "test", "num_params",
+                  "wall_time_s", "mode", "selection")
+#: Override keys that are repetitions of one setting, not axes of the comparison.
+REPLICATE_KEYS = ("seed", "fold")
+#: Override keys that never define a group: per-job inputs (a frozen run's source checkpoint)
+#: and settings that do not change results; they stay columns of ``jobs.csv``.
+NON_AXIS_KEYS = ("backbone_ckpt", "logger", "threads", "resume", "sweep_name", "task_name",
+                 "trainer.enable_progress_bar", "trainer.accelerator", "trainer.devices",
+                 "data.num_workers")
+NON_AXIS_PREFIXES = ("paths.", "hydra.")
+STATUSES = ("done", "failed", "missing")
+GIN_SELECTION = ("OPTIMISTIC: epoch with the best test accuracy averaged over the folds "
+                 "(selection on test)")
+
+
+# ---------------------------------------------------------------------- gin arithmetic
+@dataclass(frozen=True)
+class GinSelection:
+    """Result of :func:`gin_selection`.
+
+    :param epoch: 0-based best epoch of the across-fold mean test curve (first one on ties).
+    :param mean: mean test metric over the folds at :attr:`epoch`.
+    :param std: population std over the folds at :attr:`epoch`.
+    :param curve: the across-fold mean test metric per epoch.
+    :param curve_std: the std over folds per epoch.
+    :param n: number of runs averaged.
+    :param epochs: length of the curve (the shortest run, when lengths differ).
+    """
+
+    epoch: int
+    mean: float
+    std: float
+    curve: np.ndarray
+    curve_std: np.ndarray
+    n: int
+    epochs: int
+
+
+def gin_selection(curves: Sequence[Sequence[float]]) -> GinSelection:
+    r"""The GIN protocol's selection (Xu et al., ICLR 2019, "How Powerful are Graph Neural
+    Networks?"; used by the HISTOGRAPH paper): given the per-epoch test metric of each fold,
+
+    .. math::
+        \bar a_e = \frac{1}{k} \sum_{f=1}^{k} a_{f,e}, \qquad
+        e^\star = \arg\max_e \bar a_e, \qquad
+        \text{report } \bar a_{e^\star} \pm \operatorname{std}_f(a_{f,e^\star}).
+
+    The epoch is selected on the test folds themselves, so the figure is optimistic. Runs of
+    different lengths are cut to the shortest one.
+
+    :param curves: one sequence of per-epoch test values per fold (or fold x seed).
+    :raises ValueError: when no curve (or an empty one) is given.
+    """
+    if len(curves) == 0:
+        raise ValueError("gin_selection needs at least one per-epoch test curve.")
+    epochs = min(len(c) for c in curves)
+    if epochs == 0:
+        raise ValueError("gin_selection got an empty test curve; each run needs >= 1 epoch.")
+    matrix = np.asarray([list(c)[:epochs] for c in curves], dtype=np.float64)  # [runs, epochs]
+    curve = matrix.mean(axis=0)
+    curve_std = matrix.std(axis=0)
+    best = int(np.argmax(curve))  # first maximum
+    return GinSelection(epoch=best, mean=float(curve[best]), std=float(curve_std[best]),
+                        curve=curve, curve_std=curve_std, n=len(matrix), epochs=epochs)
+
+
+# ---------------------------------------------------------------------- overrides
+@functools.lru_cache(maxsize=1)
+def _parser():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create()
+
+
+def _key(override: str) -> str:
+    """``+model.layers=4`` -> ``model.layers``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _typed(text: str) -> Any:
+    """``"4"`` -> 4, ``"0.5"`` -> 0.5, ``"true"`` -> True; other text stays a string."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (int, float, bool)) or value is None else text
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """Turn Hydra override strings into ``{key: value}`` (``+``/``~`` prefixes dropped)."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        item = str(item)
+        if "=" not in item:  # e.g. a deletion "~key"
+            out[_key(item)] = None
+            continue
+        key, value = item.split("=", 1)
+        out[key.lstrip("+~")] = _typed(value)
+    return out
+
+
+def _canonical(overrides: Iterable[str]) -> frozenset:
+    """An order-free identity of a job's overrides, as Hydra writes them."""
+    pairs = []
+    parser = _parser()
+    for item in overrides:
+        try:
+            ov = parser.parse_override(str(item))
+            pairs.append((ov.get_key_element().lstrip("+~"), ov.get_value_element_as_str()))
+        except Exception:  # noqa: BLE001 - keep the raw text when Hydra cannot parse it
+            pairs.append((_key(str(item)), str(item).split("=", 1)[-1]))
+    return frozenset(pairs)
+
+
+def expected_jobs(sweep_dir: str | Path) -> list[list[str]] | None:
+    """The jobs Hydra's basic sweeper launches for ``<sweep_dir>/multirun.yaml``.
+
+    Returns the override lists (one per job) or ``None`` when there is no ``multirun.yaml`` or the
+    sweeper is not Hydra's basic sweeper (e.g. Optuna, whose trials cannot be known in advance).
+    """
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.is_file():
+        return None
+    try:
+        conf = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        log.warning("Cannot read %s (%s); expected jobs unknown.", path, exc)
+        return None
+    hydra_node = conf.get("hydra") or {}
+    sweeper = (hydra_node.get("sweeper") or {})
+    if "BasicSweeper" not in str(sweeper.get("_target_", "BasicSweeper")):
+        return None
+    params = sweeper.get("params") or {}
+    task = list((hydra_node.get("overrides") or {}).get("task") or [])
+    arguments = [f"{k}={v}" for k, v in params.items()] + [str(t) for t in task]
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    try:
+        batches = BasicSweeper.split_arguments(_parser().parse_overrides(arguments), None)
+    except Exception as exc:  # noqa: BLE001 - e.g. glob() sweeps need the config loader
+        log.warning("Cannot expand the sweep of %s (%s); expected jobs unknown.", path, exc)
+        return None
+    return [list(job) for batch in batches for job in batch]
+
+
+# ---------------------------------------------------------------------- scanning
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        log.warning("Cannot read %s (%s); the job counts as failed.", path, exc)
+        return None
+
+
+def find_job_dirs(sweep_dir: str | Path) -> list[Path]:
+    """Every folder under ``sweep_dir`` (the dir itself included) with ``.hydra/overrides.yaml``.
+
+    A folder that holds other job dirs below it (e.g. the run dir of a nested CV, whose jobs live
+    in ``fold_<f>/...``) is a parent, not a job, and is left out.
+    """
+    root = Path(sweep_dir)
+    found = {p.parent.parent for p in root.rglob("overrides.yaml") if p.parent.name == ".hydra"}
+    parents = {a for d in found for a in d.parents if a in found}
+    return sorted(found - parents, key=lambda p: (len(p.relative_to(root).parts), str(p)))
+
+
+def _job_record(job_dir: Path, root: Path) -> tuple[dict[str, Any], list[str], dict | None]:
+    """One ``jobs.csv`` row (without override columns), the job's overrides and its results."""
+    try:
+        overrides = list(yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text())
+                         or [])
+    except (OSError, yaml.YAMLError):
+        overrides = []
+    rel = str(job_dir.relative_to(root)) if job_dir != root else "."
+    row: dict[str, Any] = {"status": "missing", "job_dir": rel, "error": None}
+    results = None
+    if (job_dir / "results.json").is_file():
+        results = _read_json(job_dir / "results.json")
+        if results is None:
+            row.update(status="failed", error="unreadable results.json")
+        else:
+            row["status"] = "done"
+    elif (job_dir / "failed.json").is_file():
+        failure = _read_json(job_dir / "failed.json") or {}
+        row["status"] = "failed"
+        error = str(failure.get("error") or "failed (no message)").strip()
+        row["error"] = error.splitlines()[0] if error else "failed"
+    else:
+        row["error"] = "no results.json (never finished: killed, or still running)"
+    return row, [str(o) for o in overrides], results
+
+
+def collect_jobs(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str], dict[str, dict]]:
+    """Scan ``sweep_dir``: the jobs table, the override columns, and results by ``job_dir``."""
+    root = Path(sweep_dir)
+    rows, override_lists, all_results = [], [], {}
+    for job_dir in find_job_dirs(root):
+        row, overrides, results = _job_record(job_dir, root)
+        rows.append(row)
+        override_lists.append(overrides)
+        if results is not None:
+            all_results[row["job_dir"]] = results
+    # every multirun.yaml under the root (one per Hydra sweep) names the jobs it launches
+    for manifest in sorted(root.rglob("multirun.yaml")):
+        expected = expected_jobs(manifest.parent)
+        if expected is None:
+            continue
+        inside = manifest.parent.resolve()
+        seen = {_canonical(o) for row, o in zip(rows, override_lists)
+                if row["job_dir"] is not None
+                and inside in (root / row["job_dir"]).resolve().parents}
+        rel = str(manifest.parent.relative_to(root)) if manifest.parent != root else "."
+        for job in expected:
+            if _canonical(job) not in seen:
+                rows.append({"status": "missing", "job_dir": None,
+                             "error": f"expected by {rel}/multirun.yaml, no job dir"})
+                override_lists.append(job)
+    keys: list[str] = []
+    for overrides in override_lists:
+        for key in parse_overrides(overrides):
+            if key not in keys:
+                keys.append(key)
+    records = []
+    for row, overrides in zip(rows, override_lists):
+        values = parse_overrides(overrides)
+        record = {"status": row["status"], "job_dir": row["job_dir"]}
+        record.update({key: values.get(key) for key in keys})
+        results = all_results.get(row["job_dir"]) if row["job_dir"] is not None else None
+        for name in RESULT_SCALARS:
+            value = results.get(name) if results else None
+            if name in keys:
+                # the override (e.g. dataset=proteins) stays the axis value; a different
+                # reading in results.json (PROTEINS) is kept beside it
+                if results and value is not None and str(value) != str(record[name]):
+                    record[f"{name}_result"] = value
+                if record[name] is None:
+                    record[name] = value
+            else:
+                record[name] = value
+        record["error"] = row["error"]
+        records.append(record)
+    columns = ["status", "job_dir", *keys]
+    jobs = pd.DataFrame.from_records(records)
+    if jobs.empty:
+        return jobs, keys, all_results
+    rest = [c for c in jobs.columns if c not in columns]
+    return jobs[columns + rest], keys, all_results
+
+
+# ---------------------------------------------------------------------- summary
+def _std(values: np.ndarray) -> float:
+    return float(np.std(values)) if len(values) else math.nan
+
+
+def _unique(series: pd.Series) -> Any:
+    values = [v for v in series.dropna().unique().tolist()]
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else "/".join(str(v) for v in values)
+
+
+def _axes(jobs: pd.DataFrame, keys: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+    """Override keys that vary across jobs (the axes) and those that are constant."""
+    axes, constant = [], {}
+    for key in keys:
+        if key in REPLICATE_KEYS or key in NON_AXIS_KEYS or key.startswith(NON_AXIS_PREFIXES):
+            continue
+        values = jobs[key].astype(str).unique()
+        if len(values) > 1:
+            axes.append(key)
+        else:
+            constant[key] = jobs[key].iloc[0]
+    return axes, constant
+
+
+def summarize(jobs: pd.DataFrame, keys: Sequence[str], results: dict[str, dict]
+              ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per group of jobs (all swept axes except seed and fold) and the gin curves."""
+    axes, _ = _axes(jobs, keys)
+    rows, curve_rows = [], []
+    grouped = jobs.groupby(axes, dropna=False, sort=False) if axes else [((), jobs)]
+    for group_key, group in grouped:
+        group_key = group_key if isinstance(group_key, tuple) else (group_key,)
+        done = group[group["status"] == "done"]
+        protocol = _unique(done["protocol"]) if len(done) else None
+        if protocol is None and "protocol" in group:
+            protocol = _unique(group["protocol"])
+        row: dict[str, Any] = dict(zip(axes, group_key))
+        row.update({
+            "protocol": protocol,
+            "metric": _unique(done["metric"]) if len(done) else None,
+            "n": int(len(done)),
+            "n_expected": int(len(group)),
+            "n_failed": int((group["status"] == "failed").sum()),
+            "n_missing": int((group["status"] == "missing").sum()),
+        })
+        row["complete"] = row["n"] == row["n_expected"]
+        val = done["val"].dropna().astype(float).to_numpy()
+        test = done["test"].dropna().astype(float).to_numpy()
+        row.update(val_mean=float(val.mean()) if len(val) else math.nan, val_std=_std(val),
+                   test_mean=float(test.mean()) if len(test) else math.nan,
+                   test_std=_std(test))
+        row["selected_epoch"] = (float(done["selected_epoch"].astype(float).mean())
+                                 if len(done) else math.nan)
+        row["epochs"] = int(done["epochs"].max()) if len(done) else None
+        row["selection"] = _unique(done["selection"]) if len(done) else None
+        test_curves = [results[d].get("history", {}).get("test") for d in done["job_dir"]]
+        sel = gin_selection(test_curves) if len(done) and all(test_curves) else None
+        if sel is not None:
+            # the gin rule applied to these runs' own test curves: what selecting on the test
+            # folds would report (for gin rows it is the reported figure itself)
+            row.update(testsel_mean=sel.mean, testsel_std=sel.std, testsel_epoch=sel.epoch)
+        if protocol == "gin" and sel is not None:
+            # under gin each job's own `test` is its last epoch (no validation to select on)
+            row.update(test_last_mean=row["test_mean"], test_last_std=row["test_std"],
+                       test_mean=sel.mean, test_std=sel.std, selected_epoch=float(sel.epoch),
+                       epochs=sel.epochs, selection=GIN_SELECTION)
+            if len({len(c) for c in test_curves}) > 1:
+                row["selection"] += f" (runs of unequal length cut to {sel.epochs} epochs)"
+            for epoch, (m, sd) in enumerate(zip(sel.curve, sel.curve_std)):
+                curve_rows.append({**dict(zip(axes, group_key)), "epoch": epoch,
+                                   "test_mean": float(m), "test_std": float(sd), "n": sel.n,
+                                   "best": epoch == sel.epoch})
+        elif protocol == "gin" and len(done):
+            row["selection"] = "gin selection impossible: a run has no per-epoch test history"
+        rows.append(row)
+    summary = pd.DataFrame.from_records(rows)
+    curves = pd.DataFrame.from_records(curve_rows)
+    return summary, curves
+
+
+# ---------------------------------------------------------------------- markdown
+def _pct(mean: Any, std: Any) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub Markdown table (no dependency on ``tabulate``)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def summary_markdown(summary: pd.DataFrame, jobs: pd.DataFrame, keys: Sequence[str],
+                     title: str) -> str:
+    """The summary as Markdown: the table, each protocol's selection rule, incomplete jobs."""
+    axes, constant = _axes(jobs, keys)
+    out = [f"# {title}", ""]
+    if constant:
+        out += ["Fixed overrides: " + ", ".join(f"`{k}={v}`" for k, v in constant.items()), ""]
+    out += ["Metric in % (mean ± population std over the runs of each row; n = finished runs / "
+            "expected runs). `gin` rows are OPTIMISTIC (epoch selected on the test folds).", ""]
+    header = [*axes, "protocol", "metric", "n", "val", "test", "epoch", "complete",
+              "test if selected on test"]
+    rows = []
+    for _, r in summary.iterrows():
+        protocol = r["protocol"]
+        label = f"{protocol} (optimistic)" if protocol == "gin" else protocol
+        rows.append([*(r[a] for a in axes), label, r["metric"], f"{r['n']}/{r['n_expected']}",
+                     _pct(r["val_mean"], r["val_std"]), _pct(r["test_mean"], r["test_std"]),
+                     "" if pd.isna(r["selected_epoch"]) else f"{r['selected_epoch']:g}",
+                     "yes" if r["complete"] else
+                     f"NO ({r['n_failed']} failed, {r['n_missing']} missing)",
+                     _pct(r.get("testsel_mean"), r.get("testsel_std"))])
+    out += [markdown_table(header, rows), ""]
+    rules = summary.dropna(subset=["protocol"]).drop_duplicates("protocol")
+    if len(rules):
+        out += ["Selection rules:", ""]
+        out += [f"- `{r['protocol']}`: {r['selection']}" for _, r in rules.iterrows()]
+        out += ["- `epoch`: the gin best epoch (0-based), else the mean of the per-run "
+                "selected epochs.",
+                "- `test if selected on test`: the same runs scored with the gin rule (best "
+                "epoch of the across-run mean test curve): OPTIMISTIC, shown only to measure "
+                "how much selecting on the test folds adds.", ""]
+    bad = jobs[jobs["status"] != "done"]
+    if len(bad):
+        out += [f"## Failed or missing jobs ({len(bad)} of {len(jobs)})", ""]
+        cols = [k for k in keys if k in bad.columns]
+        out += [markdown_table(["status", "job_dir", *cols, "error"],
+                               ([r["status"], r["job_dir"], *(r[c] for c in cols), r["error"]]
+                                for _, r in bad.iterrows())), ""]
+    else:
+        out += [f"All {len(jobs)} jobs finished.", ""]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------- entry points
+def aggregate(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Scan a sweep dir and write ``jobs.csv``, ``summary.csv``, ``summary.md``,
+    ``incomplete.csv`` (and ``gin_curves.csv`` for gin groups) atomically into ``out_dir``.
+
+    :param sweep_dir: a Hydra multirun dir, or any folder holding job dirs at any depth.
+    :param out_dir: where to write the tables (default: ``sweep_dir``).
+    :returns: ``{"jobs", "summary", "curves", "incomplete"}`` DataFrames, ``"markdown"`` (the
+        text of ``summary.md``) and ``"paths"`` (name -> written file).
+    :raises UserError: when ``sweep_dir`` is not a folder or holds no job at all.
+    """
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise UserError(f"{root} is not a folder; pass the multirun dir of a sweep "
+                        f"(e.g. logs/train/multiruns/<date>).")
+    jobs, keys, results = collect_jobs(root)
+    if jobs.empty:
+        raise UserError(f"No job dirs (folders with .hydra/overrides.yaml) under {root}; pass "
+                        f"the multirun dir of a sweep.")
+    summary, curves = summarize(jobs, keys, results)
+    incomplete = jobs[jobs["status"] != "done"].reset_index(drop=True)
+    out = Path(out_dir) if out_dir is not None else root
+    markdown = summary_markdown(summary, jobs, keys, title=f"Summary of {root.name}")
+    paths = {"jobs": out / "jobs.csv", "summary": out / "summary.csv",
+             "markdown": out / "summary.md", "incomplete": out / "incomplete.csv"}
+    atomic_write_text(paths["jobs"], jobs.to_csv(index=False))
+    atomic_write_text(paths["summary"], summary.to_csv(index=False))
+    atomic_write_text(paths["markdown"], markdown)
+    atomic_write_text(paths["incomplete"], incomplete.to_csv(index=False))
+    if not curves.empty:
+        paths["curves"] = out / "gin_curves.csv"
+        atomic_write_text(paths["curves"], curves.to_csv(index=False))
+    return {"jobs": jobs, "summary": summary, "curves": curves, "incomplete": incomplete,
+            "markdown": markdown, "paths": paths}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m histograph.aggregate <sweep dir> [--out DIR]``: print the summary table."""
+    parser = argparse.ArgumentParser(prog="python -m histograph.aggregate",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", help="multirun dir (job dirs at any depth)")
+    parser.add_argument("--out", default=None, help="output folder (default: the sweep dir)")
+    args = parser.parse_args(argv)
+    try:
+        result = aggregate(args.sweep_dir, args.out)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(result["markdown"])
+    print(f"[histograph] wrote {', '.join(str(p) for p in result['paths'].values())}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

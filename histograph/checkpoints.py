@@ -1,0 +1,145 @@
+"""Checkpoints: safe loading, the run settings they record, and the check before a resume.
+
+Loading is always ``torch.load(weights_only=True)``: a ``.ckpt`` is a pickle, and a full
+unpickle of a file from a shared folder can run arbitrary code. Everything histograph and
+Lightning store is kept to tensors, numbers, strings, lists, tuples and dicts (the RNG states of
+:mod:`histograph.training.rng_state` included), which the weights-only unpickler accepts without
+any ``torch.serialization.add_safe_globals`` entry; ``tests/test_resume.py`` loads checkpoints
+that way. (OGB's processed datasets do need PyG's data classes registered:
+:mod:`histograph.data.ogb` does that.)
+
+A run folder is resumed from ``checkpoints/last.ckpt`` when it exists. If the folder was used by a
+*different* run (another model, dataset, fold, seed, optimizer, ...), Lightning would either fail
+with a long ``load_state_dict`` error or, when the shapes happen to match, silently continue the
+other run under this run's name. :class:`RunConfigCheckpoint` stores the settings that define a run
+in every checkpoint, and :func:`check_resume` refuses a mismatch with one sentence.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from histograph.errors import UserError
+
+log = logging.getLogger("histograph")
+
+RUN_CONFIG_KEY = "histograph_run_config"
+
+# The settings that must agree between a checkpoint and the run that resumes from it. Everything
+# else (max_epochs, loggers, paths, threads, accelerator, progress bar, ...) may change on resume.
+RESUME_KEYS = ("seed", "fold", "mode", "backbone_ckpt", "dataset", "model", "readout", "head",
+               "protocol", "optimizer", "scheduler", "data.batch_size")
+
+
+def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Any]:
+    """Load a ``.ckpt`` on the CPU with ``weights_only=True``.
+
+    :param what: how the file is named in error messages (``"backbone_ckpt"``, ...).
+    :raises UserError: when the file is missing, truncated, not a checkpoint, or holds objects
+        that the weights-only unpickler refuses.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"The {what} {str(path)!r} does not exist; pass the path of a .ckpt file "
+                        f"written by train.py (in a run folder's checkpoints/).")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file ends in one sentence
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserError(f"The {what} {str(path)!r} cannot be loaded safely ({type(exc).__name__}:"
+                        f" {first[:200]}); it is truncated, not a torch checkpoint, or holds "
+                        f"pickled objects; delete it or pass a checkpoint written by train.py."
+                        ) from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise UserError(f"The {what} {str(path)!r} is not a Lightning checkpoint (no state_dict);"
+                        f" pass a .ckpt written by train.py.")
+    return ckpt
+
+
+def run_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved settings of :data:`RESUME_KEYS`, flattened to ``{"model.layers": 5, ...}``."""
+    flat: dict[str, Any] = {}
+    for key in RESUME_KEYS:
+        node = OmegaConf.select(cfg, key, throw_on_missing=False)
+        if isinstance(node, DictConfig):
+            _flatten(key, OmegaConf.to_container(node, resolve=True), flat)
+        else:
+            flat[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) \
+                else node
+    return flat
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}", v, out)
+    else:
+        out[prefix] = value
+
+
+class RunConfigCheckpoint(pl.Callback):
+    """Store :func:`run_config` in every checkpoint (read back by :func:`check_resume`)."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.config = dict(config)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        checkpoint[RUN_CONFIG_KEY] = self.config
+
+
+def check_resume(ckpt: Mapping[str, Any], path: str | os.PathLike, config: Mapping[str, Any],
+                 module: torch.nn.Module) -> None:
+    """Refuse to resume from a checkpoint written by a different run or model.
+
+    Compares the stored run settings with this run's (keys present in both; a setting added to
+    the code base after the checkpoint was written is not a mismatch) and the parameter names and
+    shapes with ``module``'s.
+
+    :raises UserError: naming the first differences and how to proceed.
+    """
+    fix = ("re-run with the settings it was written with, use a fresh run folder "
+           "(hydra.run.dir=...), or pass resume=false to overwrite it")
+    stored = ckpt.get(RUN_CONFIG_KEY)
+    if isinstance(stored, Mapping):
+        diff = [f"{k}={stored[k]!r} (this run: {config[k]!r})" for k in config
+                if k in stored and stored[k] != config[k]]
+        if diff:
+            more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
+            raise UserError(f"{path} belongs to a different run: it was written with "
+                            f"{', '.join(diff[:3])}{more}; {fix}.")
+    own = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
+    problems = [f"missing {k}" for k in own if k not in theirs]
+    problems += [f"unexpected {k}" for k in theirs if k not in own]
+    problems += [f"{k} has shape {list(theirs[k])}, this model {list(own[k])}"
+                 for k in own if k in theirs and theirs[k] != own[k]]
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise UserError(f"{path} was written by a different model ({'; '.join(problems[:3])}"
+                        f"{more}); {fix}.")
+
+
+def resume_point(cfg: DictConfig, output_dir: str | os.PathLike,
+                 module: torch.nn.Module) -> tuple[str | None, int | None]:
+    """Where this run resumes: ``(<output_dir>/checkpoints/last.ckpt, its epoch)``, or
+    ``(None, None)`` for a fresh start.
+
+    Resumes when ``cfg.resume`` is true (the default) and ``last.ckpt`` exists; the checkpoint is
+    loaded with ``weights_only=True`` and checked with :func:`check_resume` first.
+    """
+    last = Path(output_dir) / "checkpoints" / "last.ckpt"
+    if not cfg.get("resume", True) or not last.exists():
+        return None, None
+    ckpt = load_checkpoint(last, "checkpoint to resume from")
+    check_resume(ckpt, last, run_config(cfg), module)
+    epoch = int(ckpt.get("epoch", -1))
+    log.info("Resuming from %s (written at the end of epoch %d)", last, epoch)
+    return str(last), epoch

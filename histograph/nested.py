@@ -1,0 +1,272 @@
+"""Nested cross-validation: ``python -m histograph.nested [overrides]``.
+
+Errica, Podda, Bacciu, Micheli, "A Fair Comparison of Graph Neural Networks for Graph
+Classification" (ICLR 2020): model selection *inside* each outer fold, so that the reported
+figure estimates the risk of the whole procedure (hyper-parameter search included):
+
+.. math::
+    \\theta^\\star_f = \\arg\\max_{\\theta \\in \\Theta} \\mathrm{val}_f(\\theta), \\qquad
+    \\mathrm{acc}_f = \\frac{1}{R} \\sum_{r=1}^{R} \\mathrm{test}_f(\\theta^\\star_f, r), \\qquad
+    \\text{report } \\operatorname{mean}_f \\mathrm{acc}_f \\pm \\operatorname{std}_f
+    \\mathrm{acc}_f
+
+with :math:`\\Theta` the grid (``protocol.grid``, Hydra sweep syntax), :math:`\\mathrm{val}_f`
+the metric on fold :math:`f`'s inner holdout (10% of its training folds, also used to select the
+epoch), and :math:`R` = ``protocol.retrain`` runs of the winner with model seeds
+``seed .. seed+R-1``. The outer test fold is never used to choose anything (the training module
+evaluates it every epoch for the learning curve; the orchestrator ignores those values until the
+winner's final runs).
+
+Layout of the output dir (every job dir is a normal run dir, reproducible with ``train.py`` and its
+``.hydra/overrides.yaml``; a finished job is reused, so an interrupted nested CV resumes)::
+
+    fold_<f>/select/config_<i>/   one run per grid point
+    fold_<f>/final/seed_<s>/      the winner's retrains
+    nested.json, summary.md       per-fold choices and the final figure
+
+One command: ``python -m histograph.nested dataset=mutag 'protocol.grid=["model.hidden=32,64"]'``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from histograph.errors import UserError
+from histograph.utils import atomic_write_json, atomic_write_text
+
+log = logging.getLogger("histograph")
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+#: Override keys the orchestrator sets itself for every job.
+MANAGED_KEYS = ("fold", "seed", "protocol", "nested_stage")
+ComposeFn = Callable[[list[str], Path], DictConfig]
+
+
+# ---------------------------------------------------------------------- grid
+def grid_points(grid: Sequence[str]) -> list[list[str]]:
+    """Expand axes in Hydra's sweep syntax into one override list per grid point.
+
+    ``["model.hidden=32,64", "optimizer.lr=0.01,0.001"]`` -> 4 points, in Hydra's order (the
+    last axis varies fastest), expanded by Hydra's own basic sweeper.
+
+    :raises UserError: when an axis is not a valid Hydra override.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not grid:
+        return [[]]
+    try:
+        overrides = OverridesParser.create().parse_overrides([str(axis) for axis in grid])
+        batches = BasicSweeper.split_arguments(overrides, None)
+    except Exception as exc:  # noqa: BLE001 - Hydra raises several parse exception types
+        raise UserError(f"protocol.grid={list(grid)} is not a list of Hydra sweep overrides "
+                        f"({exc}); write axes like \"model.hidden=32,64\".") from exc
+    return [list(point) for batch in batches for point in batch]
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+# ---------------------------------------------------------------------- jobs
+def compose_job(overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose ``configs/train.yaml`` with ``overrides`` for a job writing into ``output_dir``.
+
+    Sets Hydra's runtime config to the job's (``train.run`` reads config-group choices from it).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    if GlobalHydra.instance().is_initialized():
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    else:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def run_job(overrides: list[str], output_dir: Path, compose: ComposeFn) -> dict[str, Any]:
+    """Train one job (or reuse its ``results.json``); record its overrides like Hydra does.
+
+    A failing job leaves ``failed.json`` (``error``, ``traceback``, ``overrides``) and re-raises.
+    """
+    done = output_dir / "results.json"
+    if done.is_file():
+        log.info("Reusing %s", done)
+        return json.loads(done.read_text())
+    import traceback
+
+    from histograph.train import run
+
+    cfg = compose(list(overrides), output_dir)
+    hydra_dir = output_dir / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(list(overrides)))
+    job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    atomic_write_text(hydra_dir / "config.yaml", OmegaConf.to_yaml(job_cfg))
+    try:
+        results = run(cfg)
+    except BaseException as exc:
+        atomic_write_json(output_dir / "failed.json",
+                          {"error": f"{type(exc).__name__}: {exc}",
+                           "traceback": traceback.format_exc(), "overrides": list(overrides)})
+        raise
+    (output_dir / "failed.json").unlink(missing_ok=True)
+    return results
+
+
+# ---------------------------------------------------------------------- orchestrator
+def nested_cv(base_overrides: Sequence[str], grid: Sequence[str], output_dir: str | Path, *,
+              folds: int, outer_folds: Sequence[int] | None = None, retrain: int = 3,
+              seed: int = 0, compose: ComposeFn = compose_job) -> dict[str, Any]:
+    """Run the nested CV and write ``nested.json`` and ``summary.md`` into ``output_dir``.
+
+    :param base_overrides: overrides shared by every job (dataset, readout, epochs, ...); keys the
+        orchestrator manages (``fold``, ``seed``, ``protocol``) and the grid's keys are dropped.
+    :param grid: axes in Hydra sweep syntax (``"model.hidden=32,64"``).
+    :param output_dir: where the job dirs and the summary go.
+    :param folds: number of outer folds (``protocol.folds``).
+    :param outer_folds: the outer folds to run (default: all).
+    :param retrain: runs of the winner per outer fold.
+    :param seed: model seed of the selection runs and of the first retrain.
+    :param compose: ``compose(overrides, job_dir) -> cfg``; :func:`compose_job` by default.
+    :returns: the content of ``nested.json``.
+    """
+    if retrain < 1:
+        raise UserError(f"protocol.retrain must be >= 1, got {retrain}.")
+    outer = list(range(folds)) if outer_folds is None else [int(f) for f in outer_folds]
+    bad = [f for f in outer if not 0 <= f < folds]
+    if bad or not outer:
+        raise UserError(f"protocol.outer_folds={outer} must be a non-empty list of folds in "
+                        f"0..{folds - 1}; fix it or set it to null for all folds.")
+    points = grid_points(grid)
+    grid_keys = {_key(o) for point in points for o in point}
+    base = [str(o) for o in base_overrides
+            if _key(str(o)) not in MANAGED_KEYS and _key(str(o)) not in grid_keys]
+    out = Path(output_dir)
+    fold_rows = []
+    for fold in outer:
+        selection = []
+        for i, point in enumerate(points):
+            res = run_job([*base, "protocol=nested", *point, f"fold={fold}", f"seed={seed}",
+                           "+nested_stage=select"],
+                          out / f"fold_{fold}" / "select" / f"config_{i}", compose)
+            if res.get("val") is None:
+                raise UserError("The selection runs report no validation metric; nested CV "
+                                "needs protocol.val_fraction > 0.")
+            selection.append({"config": i, "overrides": point, "val": float(res["val"]),
+                              "selected_epoch": res["selected_epoch"]})
+        best = max(range(len(points)), key=lambda i: (selection[i]["val"], -i))
+        finals = []
+        for r in range(retrain):
+            res = run_job([*base, "protocol=nested", *points[best], f"fold={fold}",
+                           f"seed={seed + r}", "+nested_stage=final"],
+                          out / f"fold_{fold}" / "final" / f"seed_{seed + r}", compose)
+            finals.append({"seed": seed + r, "val": res["val"], "test": float(res["test"]),
+                           "selected_epoch": res["selected_epoch"]})
+        fold_rows.append({"fold": fold, "winner": best, "winner_overrides": points[best],
+                          "selection": selection, "final": finals,
+                          "test": float(np.mean([f["test"] for f in finals])),
+                          "metric": res["metric"]})
+        log.info("nested fold %d: winner %s, test %.4f", fold, points[best],
+                 fold_rows[-1]["test"])
+    tests = np.array([row["test"] for row in fold_rows])
+    summary = {
+        "protocol": "nested",
+        "selection": (f"per outer fold: grid point with the best inner-validation metric; "
+                      f"winner retrained {retrain}x (seeds {seed}..{seed + retrain - 1}), epoch "
+                      f"selected on validation, test averaged over the retrains; mean ± "
+                      f"population std over outer folds"),
+        "metric": fold_rows[0]["metric"],
+        "test_mean": float(tests.mean()),
+        "test_std": float(tests.std()),
+        "n_folds": len(fold_rows),
+        "folds": folds,
+        "retrain": retrain,
+        "grid": list(grid),
+        "points": points,
+        "base_overrides": base,
+        "per_fold": fold_rows,
+    }
+    atomic_write_json(out / "nested.json", summary)
+    atomic_write_text(out / "summary.md", summary_markdown(summary))
+    return summary
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """The nested CV result as Markdown: the figure, then one row per outer fold."""
+    from histograph.aggregate import markdown_table
+
+    def pct(x: float) -> str:
+        return "-" if x is None or math.isnan(x) else f"{100 * x:.2f}"
+
+    lines = [
+        "# Nested cross-validation (Errica et al., ICLR 2020)", "",
+        f"**test {summary['metric']} = {pct(summary['test_mean'])} ± "
+        f"{pct(summary['test_std'])} %** (protocol `nested`, n = {summary['n_folds']} of "
+        f"{summary['folds']} outer folds x {summary['retrain']} retrains)", "",
+        f"Selection: {summary['selection']}.", "",
+        "Grid: " + ", ".join(f"`{g}`" for g in summary["grid"]) + "; fixed: "
+        + (", ".join(f"`{o}`" for o in summary["base_overrides"]) or "none"), "",
+    ]
+    header = ["fold", "winner", *[f"val cfg {i}" for i in range(len(summary["points"]))],
+              "test (retrains)", "test"]
+    rows = []
+    for row in summary["per_fold"]:
+        rows.append([row["fold"], " ".join(row["winner_overrides"]) or "(single point)",
+                     *[pct(s["val"]) for s in row["selection"]],
+                     ", ".join(pct(f["test"]) for f in row["final"]), pct(row["test"])])
+    lines += [markdown_table(header, rows), ""]
+    lines += ["Grid points: " + "; ".join(f"cfg {i} = `{' '.join(p) or '-'}`"
+                                          for i, p in enumerate(summary["points"])), ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- command line
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="nested")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    try:
+        if cfg.protocol.name != "nested":
+            raise UserError(f"python -m histograph.nested needs protocol=nested, got "
+                            f"protocol={cfg.protocol.name}; drop the protocol override.")
+        summary = nested_cv(list(hydra_cfg.overrides.task), list(cfg.protocol.grid or []),
+                            hydra_cfg.runtime.output_dir, folds=int(cfg.protocol.folds),
+                            outer_folds=cfg.protocol.get("outer_folds"),
+                            retrain=int(cfg.protocol.get("retrain", 3)), seed=int(cfg.seed))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    finally:
+        HydraConfig.instance().set_config(OmegaConf.create({"hydra": hydra_cfg}))
+    print(summary_markdown(summary), flush=True)
+    print(f"[histograph] nested CV -> {Path(hydra_cfg.runtime.output_dir) / 'summary.md'}",
+          flush=True)
+    return summary["test_mean"]
+
+
+def main() -> None:
+    """Console entry point."""
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

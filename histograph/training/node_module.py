@@ -1,0 +1,53 @@
+"""The LightningModule of node classification: full batch, split masks on the logits."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.data import Data
+
+from histograph.training.module import LitGraphClassifier
+
+
+class LitNodeClassifier(LitGraphClassifier):
+    """:class:`~histograph.training.module.LitGraphClassifier` for one graph, masked by split.
+
+    Each step runs the model on the whole graph and scores the nodes of the step's split
+    (``train_mask`` for training, ``val_mask``/``test_mask`` for the evaluation loaders, which
+    all serve the same graph). History, logging, selection, layer weights and checkpointing are
+    the graph classifier's: ``<split>/acc`` and ``<split>/loss`` per epoch, the best-validation
+    epoch selected, HISTOGRAPH's layer weights logged as ``<split>/alpha/<l>``. The model is
+    evaluated once per validation epoch; the ``val`` and ``test`` loaders read the same logits.
+    """
+
+    _eval_logits: Tensor | None = None
+
+    def _logits(self, batch: Data, split: str) -> Tensor:
+        """All nodes' logits; the evaluation loaders of one validation epoch share one pass."""
+        if split == "train" or self._trainer is None or not self.trainer.validating:
+            return self(batch)
+        if self._eval_logits is None:
+            self._eval_logits = self(batch)
+        return self._eval_logits
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_logits = None
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_logits = None
+        super().on_validation_epoch_end()
+
+    def _shared_step(self, batch: Data, split: str) -> Tensor:
+        mask = batch[f"{split}_mask"]
+        logits = self._logits(batch, split)[mask]
+        y = batch.y[mask]
+        loss = F.cross_entropy(logits, y)
+        self.metrics[f"{split}_"].update(logits, y)
+        self._record_loss(split, loss, 1)
+        weights = getattr(self.model.readout, "last_layer_weights", None)
+        if weights is not None:
+            acc = self._alpha.setdefault(split, [torch.zeros_like(weights[0]), 0])
+            acc[0] = acc[0] + weights.sum(0)
+            acc[1] += weights.size(0)
+        return loss

@@ -1,0 +1,248 @@
+"""Readout benchmark: HISTOGRAPH against the other readouts, measured side by side.
+
+Three tables, every variant of a table measured in the same process with interleaved repeats:
+
+1. **Readout alone**: forward + backward time (CPU seconds of this process, median over
+   repeats) and peak tensor memory of ``mean``, ``attention``, ``set2set``, ``gmt``,
+   ``jk_lstm`` and ``histograph`` (each built from its ``configs/readout/*.yaml``, hidden 64) on
+   random histories of ``L`` entries, for batches whose graph sizes are drawn from MUTAG (18
+   nodes on average), PROTEINS (39), DD (284) and REDDIT-BINARY (430), batch 32 and 128;
+   printed as ratios to mean pooling. Cells above ``--max-node-layers`` (nodes x L of a batch)
+   are skipped and listed.
+2. **Training step on PROTEINS at depth 5**: GIN-5 + readout + MLP head, loss, backward and the
+   configured optimizer step on real PROTEINS batches (the framework's cached loader), per
+   readout, as ratios to mean pooling. Goals: histograph <= 1.25x mean, histograph <= gmt.
+3. **Frozen mode at depth 32** (PROTEINS): a head-only epoch of ``mode=frozen`` (HISTOGRAPH on
+   the cached histories of a trained GIN-32) against an end-to-end HISTOGRAPH epoch, both through
+   ``histograph.train.run``. Goal: frozen >= 10x faster.
+
+    python scripts/bench_readout.py                  # everything (about 10-20 minutes on 2 cores)
+    python scripts/bench_readout.py --quick          # PROTEINS sizes, L in {2, 8}, batch 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import _bench  # noqa: F401  (sets sys.path and the offline environment first)
+import numpy as np
+import torch
+import torch.nn.functional as F
+from _bench import (clock, compose, framework_epochs, header, median, peak_tensor_bytes,
+                    set_threads, table)
+
+READOUTS = ["mean", "attention", "set2set", "gmt", "jk_lstm", "histograph"]
+DATASETS = {"MUTAG": "MUTAG", "PROTEINS": "PROTEINS", "DD": "DD", "REDDIT": "REDDIT-BINARY"}
+HIDDEN = 64
+
+
+def graph_sizes(name: str, data_dir: str | None) -> np.ndarray:
+    """Nodes per graph of TU dataset ``name``, read from its raw ``graph_indicator`` file."""
+    roots = [os.environ.get("HISTOGRAPH_DATA_MIRROR"), data_dir, str(_bench.ROOT / "data")]
+    for root in roots:
+        if not root:
+            continue
+        path = Path(root) / "TUDataset" / name / "raw" / f"{name}_graph_indicator.txt"
+        if path.exists():
+            ids = np.loadtxt(path, dtype=np.int64)
+            return np.bincount(ids - ids.min())
+    raise SystemExit(f"error: no raw files of {name} found; set HISTOGRAPH_DATA_MIRROR to a "
+                     f"folder with TUDataset/{name}/raw.")
+
+
+def build_readout(name: str, history_len: int) -> torch.nn.Module:
+    from hydra.utils import instantiate
+
+    cfg = compose([f"readout={name}"])
+    return instantiate(cfg.readout)(in_channels=HIDDEN, history_len=history_len)
+
+
+def readout_table(args, rows: list[dict], skipped: list[str]) -> None:
+    for label in args.datasets:
+        sizes = graph_sizes(DATASETS[label], args.data_dir)
+        for batch_size in args.batch_sizes:
+            rng = np.random.default_rng(0)
+            drawn = [rng.choice(sizes, size=batch_size, replace=False)
+                     for _ in range(args.batches)]
+            batches = [torch.repeat_interleave(torch.arange(batch_size), torch.as_tensor(s))
+                       for s in drawn]
+            nodes = int(np.mean([len(b) for b in batches]))
+            for L in args.layers:
+                if nodes * L > args.max_node_layers:
+                    skipped.append(f"{label} batch {batch_size} L={L} ({nodes} nodes x {L} "
+                                   f"entries > --max-node-layers {args.max_node_layers})")
+                    continue
+                gen = torch.Generator().manual_seed(1)
+                histories = [[torch.randn(len(b), HIDDEN, generator=gen).requires_grad_()
+                              for _ in range(L)] for b in batches]
+                torch.manual_seed(0)
+                modules = {r: build_readout(r, L) for r in args.readouts}
+
+                def step(mod, k):
+                    out = mod(histories[k], batches[k], batch_size)
+                    out.float().sum().backward()
+
+                times: dict[str, list[float]] = {r: [] for r in args.readouts}
+                for r in args.readouts:  # warm-up
+                    step(modules[r], 0)
+                for _ in range(args.repeats):
+                    for r in args.readouts:
+                        start = clock()
+                        for k in range(len(batches)):
+                            step(modules[r], k)
+                        times[r].append((clock()[1] - start[1]) / len(batches))
+                row = {"sizes": label, "batch": batch_size, "nodes": nodes, "L": L}
+                base_t = median(times["mean"]) if "mean" in times else None
+                base_m = None
+                for r in args.readouts:
+                    t = median(times[r])
+                    mem = peak_tensor_bytes(lambda: step(modules[r], 0)) / 2 ** 20
+                    if r == "mean":
+                        base_m = mem
+                    row[f"{r} ms"] = 1e3 * t
+                    row[f"{r} MB"] = mem
+                    if base_t:
+                        row[f"{r} x"] = t / base_t
+                    if base_m:
+                        row[f"{r} mem x"] = mem / base_m
+                rows.append(row)
+                print("  " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                       for k, v in row.items()), flush=True)
+
+
+def training_step_table(args) -> list[dict]:
+    """Full training steps (fwd, loss, bwd, optimizer) of GIN-5 + each readout on PROTEINS."""
+    from hydra.utils import instantiate
+
+    from histograph.nn.model import build_model
+    from histograph.train import build_datamodule
+
+    cfg = compose(["dataset=proteins", "model.layers=5"], output_dir=tempfile.gettempdir(),
+                  data_dir=args.data_dir)
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    data = dm.data
+    batches = list(dm.train_dataloader())
+    models, opts = {}, {}
+    for r in args.readouts:
+        rc = compose(["dataset=proteins", "model.layers=5", f"readout={r}"],
+                     output_dir=tempfile.gettempdir(), data_dir=args.data_dir)
+        torch.manual_seed(0)
+        models[r] = build_model(instantiate(rc.model), instantiate(rc.readout),
+                                instantiate(rc.head), in_channels=data.num_features,
+                                out_channels=data.num_outputs, edge_dim=data.edge_dim,
+                                encoder=data.encoder).train()
+        opts[r] = instantiate(rc.optimizer)(params=models[r].parameters())
+
+    def epoch(r: str) -> float:
+        model, opt = models[r], opts[r]
+        start = clock()
+        for b in batches:
+            opt.zero_grad()
+            F.cross_entropy(model(b), b.y).backward()
+            opt.step()
+        return (clock()[1] - start[1]) / len(batches)
+
+    times: dict[str, list[float]] = {r: [] for r in args.readouts}
+    for r in args.readouts:
+        epoch(r)  # warm-up
+    for _ in range(args.repeats):
+        for r in args.readouts:
+            times[r].append(epoch(r))
+    base = median(times["mean"])
+    rows = [{"readout": r, "ms/step": 1e3 * median(times[r]),
+             "x mean": median(times[r]) / base} for r in args.readouts]
+    return rows
+
+
+def frozen_table(args) -> list[dict]:
+    """Head-only (frozen) epoch vs end-to-end epoch of HISTOGRAPH at depth 32 on PROTEINS."""
+    base = ["dataset=proteins", "model.layers=32", "readout=histograph",
+            "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "logger=csv",
+            f"threads={torch.get_num_threads()}"]
+    folder = Path(tempfile.mkdtemp(prefix="bench_frozen_"))
+    try:
+        e2e = framework_epochs(base + [f"trainer.max_epochs={args.frozen_epochs}"],
+                               args.data_dir, output_dir=folder / "e2e")
+        ckpt = folder / "e2e" / "checkpoints" / "last.ckpt"
+        frozen = framework_epochs(base + [f"trainer.max_epochs={args.frozen_epochs + 1}",
+                                          "mode=frozen", f"backbone_ckpt={ckpt}"],
+                                  args.data_dir, output_dir=folder / "frozen")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    e, f = median(c for _, c in e2e), median(c for _, c in frozen)
+    return [{"mode": "end-to-end (GIN-32 + histograph)", "s/epoch": e, "speed-up": 1.0,
+             "epochs timed": len(e2e)},
+            {"mode": "frozen (histograph head on cached history)", "s/epoch": f,
+             "speed-up": e / f, "epochs timed": len(frozen)}]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--layers", nargs="+", type=int, default=[2, 8, 32, 64],
+                        help="history lengths L")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128])
+    parser.add_argument("--readouts", nargs="+", default=READOUTS)
+    parser.add_argument("--batches", type=int, default=3, help="batches drawn per cell")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats")
+    parser.add_argument("--max-node-layers", type=int, default=1_000_000,
+                        help="skip readout cells whose batch has more nodes x L than this")
+    parser.add_argument("--frozen-epochs", type=int, default=3)
+    parser.add_argument("--tables", nargs="+", default=["readout", "step", "frozen"],
+                        choices=["readout", "step", "frozen"])
+    parser.add_argument("--threads", default="auto")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--quick", action="store_true",
+                        help="PROTEINS sizes, L in {2, 8}, batch 32, 2 repeats; no frozen table")
+    args = parser.parse_args()
+    if args.quick:
+        args.datasets, args.layers, args.batch_sizes, args.repeats = ["PROTEINS"], [2, 8], [32], 2
+        args.tables = [t for t in args.tables if t != "frozen"]
+    if "mean" not in args.readouts:
+        args.readouts = ["mean", *args.readouts]
+    threads = set_threads(args.threads if args.threads == "auto" else int(args.threads))
+    print(header("Readout benchmark", threads,
+                 "hidden 64; times are CPU seconds of this process (medians of interleaved "
+                 "repeats); 'x' = ratio to mean pooling in the same cell"), flush=True)
+    if "readout" in args.tables:
+        rows: list[dict] = []
+        skipped: list[str] = []
+        print("\n### Readout alone: forward + backward on random histories", flush=True)
+        readout_table(args, rows, skipped)
+        cols = ["sizes", "batch", "nodes", "L"] + [f"{r} x" for r in args.readouts[1:]] + [
+            "mean ms", "histograph ms"]
+        print(table(rows, cols))
+        print("\nms and peak tensor memory (MB) per readout:")
+        print(table(rows, ["sizes", "batch", "L"] + [f"{r} {u}" for r in args.readouts
+                                                      for u in ("ms", "MB")]))
+        for s in skipped:
+            print(f"skipped: {s}")
+    if "step" in args.tables:
+        print("\n### Training step, GIN-5 + readout + head on PROTEINS (batch 32, fwd + bwd + "
+              "optimizer)", flush=True)
+        rows = training_step_table(args)
+        print(table(rows, ["readout", "ms/step", "x mean"]))
+        hist = next((r for r in rows if r["readout"] == "histograph"), None)
+        gmt = next((r for r in rows if r["readout"] == "gmt"), None)
+        if hist:
+            print(f"goal histograph <= 1.25x mean: {hist['x mean']:.2f}x -> "
+                  f"{'met' if hist['x mean'] <= 1.25 else 'missed'}")
+            if gmt:
+                print(f"goal histograph <= gmt: {hist['ms/step']:.1f} vs {gmt['ms/step']:.1f} "
+                      f"ms -> {'met' if hist['ms/step'] <= gmt['ms/step'] else 'missed'}")
+    if "frozen" in args.tables:
+        print("\n### Frozen mode vs end-to-end, HISTOGRAPH on GIN-32, PROTEINS "
+              "(train.py epochs incl. validation)", flush=True)
+        rows = frozen_table(args)
+        print(table(rows, ["mode", "s/epoch", "speed-up", "epochs timed"]))
+        print(f"goal frozen >= 10x faster: {rows[1]['speed-up']:.1f}x -> "
+              f"{'met' if rows[1]['speed-up'] >= 10 else 'missed'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Node-classification depth study (HISTOGRAPH paper, Planetoid table): GCN of depth 2..64, last-layer
+# classifier vs HISTOGRAPH's layer-wise stage per node, public split, best-validation epoch.
+#   scripts/depth_node.sh            # the full study: 3 datasets x 6 depths x 2 readouts x 10 seeds
+#   REDUCED=1 scripts/depth_node.sh  # what results/depth/node ran on a 2-core CPU (see its README)
+# Tables and plots go to results/depth/node/ (python -m histograph.plot --out ...).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+SWEEP=${SWEEP:-node_depth}
+OUT=${OUT:-results/depth/node}
+
+if [[ "${REDUCED:-0}" == "1" ]]; then
+  # depths of the paper's table (2/8/32/64); Cora 2 seeds, CiteSeer 1 seed, PubMed depths 2/8, 1 seed
+  $PY train.py -m experiment=node_depth sweep_name="$SWEEP" dataset=cora model.layers=2,8,32,64 seed=0,1
+  $PY train.py -m experiment=node_depth sweep_name="$SWEEP" dataset=citeseer model.layers=2,8,32,64 seed=0
+  $PY train.py -m experiment=node_depth sweep_name="$SWEEP" dataset=pubmed model.layers=2,8 seed=0
+else
+  $PY train.py -m experiment=node_depth sweep_name="$SWEEP"
+fi
+$PY -m histograph.plot "logs/sweeps/$SWEEP" --out "$OUT"

@@ -1,0 +1,84 @@
+"""The nested-CV orchestrator (Errica et al.): a 2-point grid on 2 outer folds of MUTAG."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from histograph.aggregate import aggregate
+from histograph.errors import UserError
+from histograph.nested import grid_points, nested_cv
+
+TINY = ["model.layers=1", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+        "protocol.folds=2"]
+
+
+def test_grid_points_use_hydra_sweep_syntax():
+    assert grid_points(["model.hidden=8,16", "optimizer.lr=0.01,0.001"]) == [
+        ["model.hidden=8", "optimizer.lr=0.01"], ["model.hidden=8", "optimizer.lr=0.001"],
+        ["model.hidden=16", "optimizer.lr=0.01"], ["model.hidden=16", "optimizer.lr=0.001"]]
+    assert grid_points(["model.hidden=range(8,17,8)"]) == [["model.hidden=8"],
+                                                          ["model.hidden=16"]]
+    assert grid_points([]) == [[]]
+    with pytest.raises(UserError, match="Hydra sweep overrides"):
+        grid_points(["model.hidden=[8,"])
+
+
+def test_nested_cv_selects_on_the_inner_holdout_and_retrains_the_winner(cfg_factory, tmp_path):
+    out = tmp_path / "nested"
+    calls: list[list[str]] = []
+
+    def compose(overrides, job_dir):
+        calls.append(list(overrides))
+        return cfg_factory(overrides, output_dir=job_dir)
+
+    # a user override of a managed key (fold) or of a grid key is dropped, not duplicated
+    summary = nested_cv([*TINY, "dataset=mutag", "fold=7", "model.hidden=64"],
+                        ["model.hidden=8,16"], out, folds=2, retrain=3, seed=5,
+                        compose=compose)
+    assert len(calls) == 2 * (2 + 3)  # per outer fold: 2 grid points + 3 retrains
+    assert all("fold=7" not in c and "model.hidden=64" not in c for c in calls)
+    assert all("protocol=nested" in c for c in calls)
+
+    assert summary["n_folds"] == 2 and summary["retrain"] == 3
+    for row in summary["per_fold"]:
+        vals = [s["val"] for s in row["selection"]]
+        # the winner is the grid point with the best inner-validation metric (first on ties)
+        assert row["winner"] == max(range(2), key=lambda i: (vals[i], -i))
+        assert [f["seed"] for f in row["final"]] == [5, 6, 7]
+        assert row["test"] == pytest.approx(sum(f["test"] for f in row["final"]) / 3)
+        for f in row["final"]:
+            job = out / f"fold_{row['fold']}" / "final" / f"seed_{f['seed']}"
+            res = json.loads((job / "results.json").read_text())
+            assert res["protocol"] == "nested" and res["fold"] == row["fold"]
+            assert res["hidden"] == int(row["winner_overrides"][0].split("=")[1])
+            # the winner's test figure is read at the epoch selected on validation
+            assert res["test"] == pytest.approx(res["history"]["test"][res["selected_epoch"]],
+                                                abs=1e-6)
+            overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+            assert f"seed={f['seed']}" in overrides and "+nested_stage=final" in overrides
+    tests = [row["test"] for row in summary["per_fold"]]
+    assert summary["test_mean"] == pytest.approx(sum(tests) / 2)
+    md = (out / "summary.md").read_text()
+    assert "n = 2 of 2 outer folds x 3 retrains" in md and "inner-validation" in md
+    assert json.loads((out / "nested.json").read_text())["test_mean"] == summary["test_mean"]
+
+    # the job dirs aggregate like any sweep (the stage is an axis)
+    tables = aggregate(out, tmp_path / "tables")
+    assert tables["jobs"]["status"].eq("done").all() and len(tables["jobs"]) == 10
+    assert set(tables["summary"]["nested_stage"]) == {"select", "final"}
+
+    # a re-run reuses every finished job: nothing is trained again
+    calls.clear()
+    again = nested_cv([*TINY, "dataset=mutag"], ["model.hidden=8,16"], out, folds=2,
+                      retrain=3, seed=5, compose=compose)
+    assert calls == [] and again["test_mean"] == summary["test_mean"]
+
+
+def test_bad_outer_folds_are_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="outer_folds"):
+        nested_cv([], ["model.hidden=8"], tmp_path, folds=2, outer_folds=[2])
+    with pytest.raises(UserError, match="retrain"):
+        nested_cv([], ["model.hidden=8"], tmp_path, folds=2, retrain=0)
