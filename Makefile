@@ -16,10 +16,10 @@ endif
 endif
 ARGS ?=
 
-.PHONY: install train test test-all bench bench-readout lint clean clean-venv help
+.PHONY: install train test test-all bench bench-quick bench-readout bench-gpu lint clean clean-venv help
 
 help:
-	@echo "make install | train [ARGS='key=value ...'] | test | test-all | bench | bench-readout | clean"
+	@echo "make install | train [ARGS='key=value ...'] | test | test-all | bench | bench-quick | bench-readout | bench-gpu | clean"
 
 install: $(VENV)/.installed
 
@@ -39,12 +39,27 @@ test: install
 test-all: install
 	$(TEST_ENV) WANDB_MODE=offline $(PYTHON) -m pytest -q -m ""
 
+# Speed tables (docs/benchmarks.md): framework overhead vs a bare PyG loop, scaling with depth and
+# graph size, start-up; then the readout benchmark. One process at a time, one torch thread.
 bench: install
 	$(TEST_ENV) $(PYTHON) scripts/bench_framework.py
+	$(TEST_ENV) $(PYTHON) scripts/bench_scaling.py
+	$(TEST_ENV) $(PYTHON) scripts/bench_startup.py
 	$(TEST_ENV) $(PYTHON) scripts/bench_readout.py
+
+# A few minutes: the same scripts on their smallest matrices.
+bench-quick: install
+	$(TEST_ENV) $(PYTHON) scripts/bench_framework.py --quick
+	$(TEST_ENV) $(PYTHON) scripts/bench_scaling.py --quick
+	$(TEST_ENV) $(PYTHON) scripts/bench_startup.py --repeats 1 --datasets mutag
+	$(TEST_ENV) $(PYTHON) scripts/bench_readout.py --quick
 
 bench-readout: install
 	$(TEST_ENV) $(PYTHON) scripts/bench_readout.py
+
+# On a machine with a CUDA GPU: steps/s and peak memory, bf16 autocast off and on.
+bench-gpu: install
+	$(PYTHON) scripts/gpu_check.py
 
 clean:
 	rm -rf logs outputs multirun .pytest_cache

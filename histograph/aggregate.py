@@ -375,6 +375,12 @@ def summarize(jobs: pd.DataFrame, keys: Sequence[str], results: dict[str, dict]
             row["selection"] = "gin selection impossible: a run has no per-epoch test history"
         rows.append(row)
     summary = pd.DataFrame.from_records(rows)
+    if axes and len(summary):
+        try:  # numbers in numeric order (model.layers 2, 4, 16 rather than 16, 2, 4)
+            summary = summary.sort_values(axes, kind="stable", na_position="last")
+        except TypeError:  # an axis mixing numbers and text: keep the scan order
+            pass
+        summary = summary.reset_index(drop=True)
     curves = pd.DataFrame.from_records(curve_rows)
     return summary, curves
 
@@ -416,7 +422,7 @@ def summary_markdown(summary: pd.DataFrame, jobs: pd.DataFrame, keys: Sequence[s
         label = f"{protocol} (optimistic)" if protocol == "gin" else protocol
         rows.append([*(r[a] for a in axes), label, r["metric"], f"{r['n']}/{r['n_expected']}",
                      _pct(r["val_mean"], r["val_std"]), _pct(r["test_mean"], r["test_std"]),
-                     "" if pd.isna(r["selected_epoch"]) else f"{r['selected_epoch']:g}",
+                     "" if pd.isna(r["selected_epoch"]) else f"{round(r['selected_epoch'], 1):g}",
                      "yes" if r["complete"] else
                      f"NO ({r['n_failed']} failed, {r['n_missing']} missing)",
                      _pct(r.get("testsel_mean"), r.get("testsel_std"))])

@@ -46,8 +46,9 @@ from histograph.utils import atomic_write_json, atomic_write_text
 log = logging.getLogger("histograph")
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
-#: Override keys the orchestrator sets itself for every job.
-MANAGED_KEYS = ("fold", "seed", "protocol", "nested_stage")
+#: Override keys the orchestrator sets itself for every job, or reads itself (not job settings).
+MANAGED_KEYS = ("fold", "seed", "protocol", "nested_stage", "protocol.grid", "protocol.retrain",
+                "protocol.outer_folds")
 ComposeFn = Callable[[list[str], Path], DictConfig]
 
 
@@ -132,6 +133,17 @@ def run_job(overrides: list[str], output_dir: Path, compose: ComposeFn) -> dict[
 
 
 # ---------------------------------------------------------------------- orchestrator
+def _attempt(overrides: list[str], output_dir: Path,
+             compose: ComposeFn) -> tuple[dict[str, Any] | None, str | None]:
+    """:func:`run_job`, with a failure returned as its one-line message instead of raised."""
+    try:
+        return run_job(overrides, output_dir, compose), None
+    except Exception as exc:  # noqa: BLE001 - recorded in failed.json and in the summary
+        message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        log.error("nested job %s failed: %s", output_dir, message)
+        return None, message
+
+
 def nested_cv(base_overrides: Sequence[str], grid: Sequence[str], output_dir: str | Path, *,
               folds: int, outer_folds: Sequence[int] | None = None, retrain: int = 3,
               seed: int = 0, compose: ComposeFn = compose_job) -> dict[str, Any]:
@@ -164,39 +176,56 @@ def nested_cv(base_overrides: Sequence[str], grid: Sequence[str], output_dir: st
     for fold in outer:
         selection = []
         for i, point in enumerate(points):
-            res = run_job([*base, "protocol=nested", *point, f"fold={fold}", f"seed={seed}",
-                           "+nested_stage=select"],
-                          out / f"fold_{fold}" / "select" / f"config_{i}", compose)
-            if res.get("val") is None:
+            res, error = _attempt([*base, "protocol=nested", *point, f"fold={fold}",
+                                   f"seed={seed}", "+nested_stage=select"],
+                                  out / f"fold_{fold}" / "select" / f"config_{i}", compose)
+            if res is not None and res.get("val") is None:
                 raise UserError("The selection runs report no validation metric; nested CV "
                                 "needs protocol.val_fraction > 0.")
-            selection.append({"config": i, "overrides": point, "val": float(res["val"]),
-                              "selected_epoch": res["selected_epoch"]})
-        best = max(range(len(points)), key=lambda i: (selection[i]["val"], -i))
-        finals = []
-        for r in range(retrain):
-            res = run_job([*base, "protocol=nested", *points[best], f"fold={fold}",
-                           f"seed={seed + r}", "+nested_stage=final"],
-                          out / f"fold_{fold}" / "final" / f"seed_{seed + r}", compose)
-            finals.append({"seed": seed + r, "val": res["val"], "test": float(res["test"]),
-                           "selected_epoch": res["selected_epoch"]})
-        fold_rows.append({"fold": fold, "winner": best, "winner_overrides": points[best],
-                          "selection": selection, "final": finals,
-                          "test": float(np.mean([f["test"] for f in finals])),
-                          "metric": res["metric"]})
-        log.info("nested fold %d: winner %s, test %.4f", fold, points[best],
-                 fold_rows[-1]["test"])
-    tests = np.array([row["test"] for row in fold_rows])
-    summary = {
+            selection.append({"config": i, "overrides": point, "error": error,
+                              "val": None if res is None else float(res["val"]),
+                              "selected_epoch": None if res is None else res["selected_epoch"]})
+        ok = [s for s in selection if s["val"] is not None]
+        row: dict[str, Any] = {"fold": fold, "selection": selection, "final": [],
+                               "winner": None, "winner_overrides": None, "test": None}
+        if ok:  # a failed grid point cannot win; ties go to the first point
+            best = max(ok, key=lambda s: (s["val"], -s["config"]))["config"]
+            row.update(winner=best, winner_overrides=points[best])
+            for r in range(retrain):
+                res, error = _attempt([*base, "protocol=nested", *points[best], f"fold={fold}",
+                                       f"seed={seed + r}", "+nested_stage=final"],
+                                      out / f"fold_{fold}" / "final" / f"seed_{seed + r}",
+                                      compose)
+                row["final"].append({"seed": seed + r, "error": error,
+                                     "val": None if res is None else res["val"],
+                                     "test": None if res is None else float(res["test"]),
+                                     "selected_epoch": None if res is None
+                                     else res["selected_epoch"]})
+                if res is not None:
+                    row["metric"] = res["metric"]
+            tests = [f["test"] for f in row["final"] if f["test"] is not None]
+            row["test"] = float(np.mean(tests)) if tests else None
+        fold_rows.append(row)
+        log.info("nested fold %d: winner %s, test %s", fold, row["winner_overrides"],
+                 row["test"])
+    finished = [row for row in fold_rows if row["test"] is not None]
+    tests = np.array([row["test"] for row in finished])
+    n_final = sum(f["test"] is not None for row in fold_rows for f in row["final"])
+    summary: dict[str, Any] = {
         "protocol": "nested",
         "selection": (f"per outer fold: grid point with the best inner-validation metric; "
                       f"winner retrained {retrain}x (seeds {seed}..{seed + retrain - 1}), epoch "
                       f"selected on validation, test averaged over the retrains; mean ± "
                       f"population std over outer folds"),
-        "metric": fold_rows[0]["metric"],
-        "test_mean": float(tests.mean()),
-        "test_std": float(tests.std()),
-        "n_folds": len(fold_rows),
+        "metric": next((row["metric"] for row in fold_rows if "metric" in row), None),
+        "test_mean": float(tests.mean()) if len(tests) else math.nan,
+        "test_std": float(tests.std()) if len(tests) else math.nan,
+        "n_folds": len(finished),
+        "n_folds_expected": len(outer),
+        "n_retrains": n_final,
+        "n_retrains_expected": len(outer) * retrain,
+        "failed_jobs": sum(job["error"] is not None for row in fold_rows
+                           for job in row["selection"] + row["final"]),
         "folds": folds,
         "retrain": retrain,
         "grid": list(grid),
@@ -204,6 +233,8 @@ def nested_cv(base_overrides: Sequence[str], grid: Sequence[str], output_dir: st
         "base_overrides": base,
         "per_fold": fold_rows,
     }
+    summary["complete"] = (summary["failed_jobs"] == 0 and len(finished) == len(outer)
+                           and n_final == len(outer) * retrain)
     atomic_write_json(out / "nested.json", summary)
     atomic_write_text(out / "summary.md", summary_markdown(summary))
     return summary
@@ -213,14 +244,20 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     """The nested CV result as Markdown: the figure, then one row per outer fold."""
     from histograph.aggregate import markdown_table
 
-    def pct(x: float) -> str:
+    def pct(x: float | None) -> str:
         return "-" if x is None or math.isnan(x) else f"{100 * x:.2f}"
 
+    n_line = (f"n = {summary['n_folds']} of {summary['n_folds_expected']} outer folds, "
+              f"{summary['n_retrains']} of {summary['n_retrains_expected']} retrains")
     lines = [
         "# Nested cross-validation (Errica et al., ICLR 2020)", "",
         f"**test {summary['metric']} = {pct(summary['test_mean'])} ± "
-        f"{pct(summary['test_std'])} %** (protocol `nested`, n = {summary['n_folds']} of "
-        f"{summary['folds']} outer folds x {summary['retrain']} retrains)", "",
+        f"{pct(summary['test_std'])} %** (protocol `nested`, {n_line})", "",
+    ]
+    if not summary["complete"]:
+        lines += [f"**INCOMPLETE**: {summary['failed_jobs']} job(s) failed (see the table); "
+                  f"the figure averages the finished folds only.", ""]
+    lines += [
         f"Selection: {summary['selection']}.", "",
         "Grid: " + ", ".join(f"`{g}`" for g in summary["grid"]) + "; fixed: "
         + (", ".join(f"`{o}`" for o in summary["base_overrides"]) or "none"), "",
@@ -229,12 +266,24 @@ def summary_markdown(summary: dict[str, Any]) -> str:
               "test (retrains)", "test"]
     rows = []
     for row in summary["per_fold"]:
-        rows.append([row["fold"], " ".join(row["winner_overrides"]) or "(single point)",
-                     *[pct(s["val"]) for s in row["selection"]],
-                     ", ".join(pct(f["test"]) for f in row["final"]), pct(row["test"])])
+        winner = row["winner_overrides"]
+        rows.append([row["fold"],
+                     "(every grid point failed)" if winner is None
+                     else " ".join(winner) or "(single point)",
+                     *["failed" if s["error"] else pct(s["val"]) for s in row["selection"]],
+                     ", ".join("failed" if f["error"] else pct(f["test"])
+                               for f in row["final"]), pct(row["test"])])
     lines += [markdown_table(header, rows), ""]
     lines += ["Grid points: " + "; ".join(f"cfg {i} = `{' '.join(p) or '-'}`"
                                           for i, p in enumerate(summary["points"])), ""]
+    errors = [(row["fold"], job) for row in summary["per_fold"]
+              for job in row["selection"] + row["final"] if job["error"]]
+    if errors:
+        lines += ["Failed jobs:", ""]
+        for fold, job in errors:
+            which = f"cfg {job['config']}" if "config" in job else f"seed {job['seed']}"
+            lines.append(f"- fold {fold}, {which}: {job['error']}")
+        lines += [""]
     return "\n".join(lines)
 
 

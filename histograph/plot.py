@@ -104,7 +104,25 @@ def _done(jobs: pd.DataFrame, metric_key: str) -> pd.DataFrame:
             done[key] = done[f"{key}_result"].where(done[f"{key}_result"].notna(), done[key])
     done["layers"] = pd.to_numeric(done["layers"], errors="coerce")
     done[metric_key] = pd.to_numeric(done[metric_key], errors="coerce")
+    # any other swept setting (model.param_budget=..., readout.normalization=...) keeps its
+    # jobs apart: it becomes part of the line's name instead of being averaged in
+    axes = [c for c in _other_axes(done) if done[c].astype(str).nunique() > 1]
+    done["readout"] = done["readout"].astype(str)
+    if axes:
+        done["readout"] = done["readout"] + " [" + done[axes].astype(str).apply(
+            lambda r: ", ".join(f"{k}={v}" for k, v in r.items()), axis=1) + "]"
     return done.dropna(subset=["layers", metric_key])
+
+
+def _other_axes(jobs: pd.DataFrame) -> list[str]:
+    """Override columns of ``jobs.csv`` that are neither a plot axis nor a replicate."""
+    from histograph.aggregate import (NON_AXIS_KEYS, NON_AXIS_PREFIXES, REPLICATE_KEYS,
+                                      RESULT_SCALARS)
+
+    known = {"status", "job_dir", "error", "experiment", "model.layers", *RESULT_SCALARS,
+             *REPLICATE_KEYS, *NON_AXIS_KEYS}
+    return [c for c in jobs.columns if c not in known and not c.endswith("_result")
+            and not c.startswith(NON_AXIS_PREFIXES)]
 
 
 def _panels(keys: Sequence[tuple]) -> tuple[plt.Figure, list[plt.Axes]]:

@@ -255,6 +255,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dm.setup("fit")
     param_budget = apply_param_budget(cfg, dm.data)
     model, meta, extra = build_network(cfg, dm)
+    if cfg.model.get("compile", False):  # in place: state_dict keys stay those of the module
+        model.compile(dynamic=True)
     data = dm.data
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     lit_class = LitNodeClassifier if extra.get("task") == "node" else LitGraphClassifier
@@ -263,10 +265,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     scheduler=scheduler, eval_splits=dm.eval_splits, meta=meta)
 
     has_val = "val" in dm.eval_splits
+    # best-epoch checkpoint (selected on val/<metric>; the last epoch without validation) and a
+    # last.ckpt written after *every* epoch for resuming: Lightning 2.6's save_last=True writes
+    # last.ckpt only when the monitored checkpoint improved, so it is a second callback here.
     checkpoint = ModelCheckpoint(
         dirpath=str(output_dir / "checkpoints"), filename="best-{epoch:03d}",
-        monitor=f"val/{data.metric}" if has_val else None, mode="max", save_last=True,
-        save_top_k=1)
+        monitor=f"val/{data.metric}" if has_val else None, mode="max", save_top_k=1)
+    last_checkpoint = ModelCheckpoint(dirpath=str(output_dir / "checkpoints"), filename="last",
+                                      monitor=None, save_top_k=1, enable_version_counter=False)
     name = run_name(cfg)
     # W&B: grouped by sweep (task name for single runs), job type = readout, named after the
     # job's overrides, tagged with the experiment preset
@@ -282,7 +288,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     failed = True
     try:
         log_config(loggers, config_dict(cfg))
-        callbacks = [checkpoint, RNGStateCheckpoint(), FiniteLossGuard(),
+        callbacks = [checkpoint, last_checkpoint, RNGStateCheckpoint(), FiniteLossGuard(),
                      RunConfigCheckpoint(run_config(cfg)),  # + configured ones (early stopping)
                      *[instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]]
         trainer = build_trainer(cfg, callbacks, loggers, output_dir)
@@ -291,7 +297,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if not history["test"]:
             raise UserError("Training ran no evaluation epoch; raise trainer.max_epochs.")
         selected = selected_epoch(history)
-        best = checkpoint.best_model_path or checkpoint.last_model_path
+        best = checkpoint.best_model_path
         tested = trainer.test(lit, datamodule=dm, ckpt_path=best, verbose=False,
                               weights_only=True)[0]
         smoothing = diagnose(lit.model, dm, loggers, step=trainer.global_step)  # best weights

@@ -137,7 +137,7 @@ def compose(overrides: list[str], output_dir: str | os.PathLike | None = None,
     return cfg
 
 
-def interleave(variants: dict[str, Callable[[], list[float]]], repeats: int) -> dict[str, list[float]]:
+def interleave(variants: dict[str, Callable[[], list]], repeats: int) -> dict[str, list]:
     """Run every variant ``repeats`` times in turn; each call returns a list of samples."""
     samples: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(repeats):

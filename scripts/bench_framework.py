@@ -2,8 +2,9 @@
 
 For each dataset and depth, three variants run side by side in this process, interleaved:
 
-* ``bare``: the textbook PyG loop (as in PyG's ``examples/``): ``torch_geometric.loader.DataLoader``
-  with ``shuffle=True``, ``torch.optim.Adam(model.parameters(), lr)`` with its defaults,
+* ``bare``: the textbook PyG loop (as in PyG's ``examples/``):
+  ``torch_geometric.loader.DataLoader`` with ``shuffle=True``,
+  ``torch.optim.Adam(model.parameters(), lr)`` with its defaults,
   ``zero_grad / forward / cross_entropy / backward / step`` and ``float(loss)`` per batch, the
   StepLR step, then accuracy on the validation and test graphs. Same model (built by
   ``histograph.nn.model.build_model`` from the same config and seed), same data (the fold-0

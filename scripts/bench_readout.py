@@ -61,6 +61,32 @@ def build_readout(name: str, history_len: int) -> torch.nn.Module:
     return instantiate(cfg.readout)(in_channels=HIDDEN, history_len=history_len)
 
 
+def too_costly(readout: str, drawn: list[np.ndarray], L: int, skipped: list[str], label: str,
+               batch_size: int, max_gflop: float) -> bool:
+    """Skip cells that would take minutes or tens of GB on a small machine, and say why.
+
+    PyG's JK-LSTM runs a bi-LSTM with ``L * D / 2`` hidden units over the ``L`` entries of every
+    node (its cost grows with ``L^3``); GMT pads every graph of the batch to the largest one
+    and materialises the ``heads x M x M`` attention scores of its self-attention block.
+    """
+    nodes = float(np.mean([s.sum() for s in drawn]))
+    if readout == "jk_lstm":
+        hidden = (L - 1) * HIDDEN // 2
+        gflop = 6 * 2 * nodes * (L - 1) * 4 * hidden * (HIDDEN + hidden) * 2 / 1e9
+        if gflop > max_gflop:
+            skipped.append(f"jk_lstm, {label} batch {batch_size} L={L}: ~{gflop:.0f} GFLOP per "
+                           f"step (bi-LSTM with {hidden} hidden units) > --max-gflop {max_gflop}")
+            return True
+    if readout == "gmt":
+        scores = max(len(s) * 4 * float(s.max()) ** 2 for s in drawn)
+        if scores * 4 * 3 > 4e9:
+            skipped.append(f"gmt, {label} batch {batch_size}: dense attention scores of "
+                           f"{scores * 4 / 2 ** 30:.1f} GiB per block (padding to the largest "
+                           f"graph, {int(max(s.max() for s in drawn))} nodes)")
+            return True
+    return False
+
+
 def readout_table(args, rows: list[dict], skipped: list[str]) -> None:
     for label in args.datasets:
         sizes = graph_sizes(DATASETS[label], args.data_dir)
@@ -76,21 +102,24 @@ def readout_table(args, rows: list[dict], skipped: list[str]) -> None:
                     skipped.append(f"{label} batch {batch_size} L={L} ({nodes} nodes x {L} "
                                    f"entries > --max-node-layers {args.max_node_layers})")
                     continue
+                readouts = [r for r in args.readouts if not too_costly(r, drawn, L, skipped,
+                                                                         label, batch_size,
+                                                                         args.max_gflop)]
                 gen = torch.Generator().manual_seed(1)
                 histories = [[torch.randn(len(b), HIDDEN, generator=gen).requires_grad_()
                               for _ in range(L)] for b in batches]
                 torch.manual_seed(0)
-                modules = {r: build_readout(r, L) for r in args.readouts}
+                modules = {r: build_readout(r, L) for r in readouts}
 
                 def step(mod, k):
                     out = mod(histories[k], batches[k], batch_size)
                     out.float().sum().backward()
 
-                times: dict[str, list[float]] = {r: [] for r in args.readouts}
-                for r in args.readouts:  # warm-up
+                times: dict[str, list[float]] = {r: [] for r in readouts}
+                for r in readouts:  # warm-up
                     step(modules[r], 0)
                 for _ in range(args.repeats):
-                    for r in args.readouts:
+                    for r in readouts:
                         start = clock()
                         for k in range(len(batches)):
                             step(modules[r], k)
@@ -98,7 +127,7 @@ def readout_table(args, rows: list[dict], skipped: list[str]) -> None:
                 row = {"sizes": label, "batch": batch_size, "nodes": nodes, "L": L}
                 base_t = median(times["mean"]) if "mean" in times else None
                 base_m = None
-                for r in args.readouts:
+                for r in readouts:
                     t = median(times[r])
                     mem = peak_tensor_bytes(lambda: step(modules[r], 0)) / 2 ** 20
                     if r == "mean":
@@ -192,6 +221,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats")
     parser.add_argument("--max-node-layers", type=int, default=1_000_000,
                         help="skip readout cells whose batch has more nodes x L than this")
+    parser.add_argument("--max-gflop", type=float, default=100.0,
+                        help="skip readout cells estimated above this many GFLOP per step")
     parser.add_argument("--frozen-epochs", type=int, default=3)
     parser.add_argument("--tables", nargs="+", default=["readout", "step", "frozen"],
                         choices=["readout", "step", "frozen"])
@@ -220,7 +251,7 @@ def main() -> None:
         print("\nms and peak tensor memory (MB) per readout:")
         print(table(rows, ["sizes", "batch", "L"] + [f"{r} {u}" for r in args.readouts
                                                       for u in ("ms", "MB")]))
-        for s in skipped:
+        for s in dict.fromkeys(skipped):  # once each, in order
             print(f"skipped: {s}")
     if "step" in args.tables:
         print("\n### Training step, GIN-5 + readout + head on PROTEINS (batch 32, fwd + bwd + "

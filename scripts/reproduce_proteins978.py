@@ -120,11 +120,9 @@ def probe(variant: str, fold: int, epochs: int, runs: Path, extra: list[str]) ->
         dm.setup("fit")
         test = dm.subset("test")
         labels = test.y.view(-1)
-        ckpts = {"val_selected": res["checkpoint"], "last": str(job / "checkpoints" / "last.ckpt")}
-        scores = {}
-        for name, path in ckpts.items():
-            model = load_model(cfg, path, dm)
-            scores[name] = {order: accuracy(model, test, order) for order in ORDERS}
+        # only the validation-selected weights are kept on disk (checkpoints/best-*.ckpt)
+        model = load_model(cfg, res["checkpoint"], dm)
+        scores = {"val_selected": {order: accuracy(model, test, order) for order in ORDERS}}
     # how single-class the dataset-order test batches of 64 are
     purity = [float(max(labels[i:i + 64].float().mean(), 1 - labels[i:i + 64].float().mean()))
               for i in range(0, len(labels), 64)]
@@ -161,13 +159,6 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
                       f"{100 * sel.mean:.2f} ± {100 * sel.std:.2f} (epoch {sel.epoch})",
                       pct(oracle)])
     lines += [markdown_table(header, table), ""]
-    lines += ["Same for the last-epoch weights:", ""]
-    lines += [markdown_table(["readout variant", "n", *[f"last epoch, {o}" for o in ORDERS]],
-                             [[label, len([r for r in rows if r["variant"] == v]),
-                               *(pct([r["scores"]["last"][o] for r in rows
-                                      if r["variant"] == v]) for o in ORDERS)]
-                              for v, (label, _, _) in VARIANTS.items()
-                              if any(r["variant"] == v for r in rows)]), ""]
     purity = [p for r in rows for p in r["sorted64_batch_purity"]]
     lines += [f"Dataset-order test batches of 64 are {100 * np.mean(purity):.1f}% single-class "
               f"on average (min {100 * min(purity):.1f}%).", ""]

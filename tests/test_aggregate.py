@@ -230,3 +230,11 @@ def test_per_job_inputs_are_not_axes(tmp_path):
     out = aggregate(root)
     assert len(out["summary"]) == 1 and out["summary"]["n"].iloc[0] == 2
     assert out["jobs"]["backbone_ckpt"].nunique() == 2  # still recorded per job
+
+
+def test_numeric_axes_sort_numerically(tmp_path):
+    root = tmp_path / "depth"
+    for layers in (16, 2, 4):  # job dirs scan as "model.layers=16" < "=2" < "=4"
+        _job(root, f"model.layers={layers}", [f"model.layers={layers}", "fold=0"],
+             _results("mean", 0, "holdout", [0.5], [0.5]))
+    assert aggregate(root)["summary"]["model.layers"].tolist() == [2, 4, 16]

@@ -54,7 +54,9 @@ def reference(mod: HistographReadout, x: torch.Tensor, batch: torch.Tensor,
             c = s[idx].mean(0) if mod.scope == "graph" else s.mean(0)
             if mod.normalization == "signed":
                 tot = c.sum()
-                alpha = c / (tot.abs().clamp(min=mod.eps) * (1.0 if tot.item() >= 0 else -1.0))
+                floor = mod.eps if mod.guard == "absolute" else \
+                    max(mod.eps * c.abs().sum(), 1e-6)
+                alpha = c / (tot.abs().clamp(min=floor) * (1.0 if tot.item() >= 0 else -1.0))
             else:
                 e = torch.exp(c - c.max())
                 alpha = e / e.sum()
@@ -151,12 +153,16 @@ def test_graph_independent_of_batch_mates_only_with_graph_scope(scope: str) -> N
 @pytest.mark.parametrize("normalization", ["signed", "softmax"])
 @pytest.mark.parametrize("scope", ["graph", "batch"])
 def test_layer_weights_sum_to_one(normalization: str, scope: str) -> None:
-    mod = make_module(normalization=normalization, scope=scope)
-    x, batch = make_data(SIZES)
-    mod(x, batch)
-    w = mod.last_layer_weights
-    assert w.shape == (len(SIZES), L) and not w.requires_grad
-    torch.testing.assert_close(w.sum(-1), torch.ones(len(SIZES), dtype=w.dtype))
+    # The weights sum to one wherever the guard is inactive, |sum c| >= eps * sum |c|: checked
+    # here with the default relative guard (eps = 0.01, loose enough for these random scores)
+    # and with the guard made negligible.
+    for guard, eps in (("relative", 0.01), ("absolute", 1e-12)):
+        mod = make_module(normalization=normalization, scope=scope, guard=guard, eps=eps)
+        x, batch = make_data(SIZES)
+        mod(x, batch)
+        w = mod.last_layer_weights
+        assert w.shape == (len(SIZES), L) and not w.requires_grad
+        torch.testing.assert_close(w.sum(-1), torch.ones(len(SIZES), dtype=w.dtype))
     if normalization == "softmax":
         assert (w > 0).all()
     if scope == "batch":
@@ -186,7 +192,7 @@ def test_signed_guard_keeps_sign() -> None:
 def test_signed_weights_invariant_to_negating_scores(eps: float) -> None:
     # alpha = c / guard(sum c) must not change when every score flips sign; with eps = 1e3 the
     # guard is active for every graph, so this checks that it keeps the sign of the sum.
-    mod = make_module(eps=eps)
+    mod = make_module(eps=eps, guard="absolute")
     x, batch = make_data(SIZES)
     out = mod(x, batch)
     w = mod.last_layer_weights
@@ -358,3 +364,24 @@ def test_constructor_errors(kwargs: dict, match: str) -> None:
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         HistographReadout(args.pop("in_channels"), args.pop("history_len"), **args)
+
+
+def test_relative_guard_bounds_the_weights() -> None:
+    """Scores that nearly cancel: the relative guard keeps |alpha| <= 1/eps (the absolute one
+    does not), and the gradients stay finite and bounded."""
+    x, batch = make_data(SIZES, dtype=torch.float64)
+    for guard, bounded in (("relative", True), ("absolute", False)):
+        mod = make_module(guard=guard, eps=0.01 if guard == "relative" else 1e-9).double()
+        with torch.no_grad():  # scores that cancel: X~ = P, W_Q = I, W_K = P_{L-1} b^T
+            mod.proj_weight.zero_()
+            mod.proj_bias.zero_()
+            pe = mod.pos_enc.double()
+            total = pe.sum(0)
+            b = torch.eye(D, dtype=torch.float64)[0] - total[0] / total.dot(total) * total
+            mod.layer_query.weight.copy_(torch.eye(D))
+            mod.layer_key.weight.copy_(torch.outer(pe[L - 1], b) + 1e-7)
+        _assert_finite_forward_backward(mod, x, batch)
+        w = mod.last_layer_weights
+        torch.testing.assert_close(w.sum(-1), torch.ones(len(SIZES), dtype=w.dtype)) \
+            if not bounded else None
+        assert (w.abs().max() <= 1 / 0.01 + 1e-6) if bounded else (w.abs().max() > 1 / 0.01)

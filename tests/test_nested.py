@@ -62,7 +62,8 @@ def test_nested_cv_selects_on_the_inner_holdout_and_retrains_the_winner(cfg_fact
     tests = [row["test"] for row in summary["per_fold"]]
     assert summary["test_mean"] == pytest.approx(sum(tests) / 2)
     md = (out / "summary.md").read_text()
-    assert "n = 2 of 2 outer folds x 3 retrains" in md and "inner-validation" in md
+    assert "n = 2 of 2 outer folds, 6 of 6 retrains" in md and "inner-validation" in md
+    assert summary["complete"] and "INCOMPLETE" not in md
     assert json.loads((out / "nested.json").read_text())["test_mean"] == summary["test_mean"]
 
     # the job dirs aggregate like any sweep (the stage is an axis)
@@ -82,3 +83,19 @@ def test_bad_outer_folds_are_a_user_error(tmp_path):
         nested_cv([], ["model.hidden=8"], tmp_path, folds=2, outer_folds=[2])
     with pytest.raises(UserError, match="retrain"):
         nested_cv([], ["model.hidden=8"], tmp_path, folds=2, retrain=0)
+
+
+def test_a_failing_grid_point_is_recorded_and_cannot_win(cfg_factory, tmp_path):
+    out = tmp_path / "nested"
+    # readout.heads=3 does not divide model.hidden=8: that grid point fails on every fold
+    summary = nested_cv([*TINY, "dataset=mutag", "readout=histograph", "model.hidden=8"],
+                        ["readout.heads=3,4"], out, folds=2, retrain=1,
+                        compose=lambda ov, job: cfg_factory(ov, output_dir=job))
+    assert summary["failed_jobs"] == 2 and not summary["complete"]
+    assert summary["n_folds"] == 2  # every fold still has a winner and a test figure
+    for row in summary["per_fold"]:
+        assert row["winner_overrides"] == ["readout.heads=4"]
+        assert "divisor" in row["selection"][0]["error"] and row["selection"][0]["val"] is None
+        assert (out / f"fold_{row['fold']}" / "select" / "config_0" / "failed.json").exists()
+    md = (out / "summary.md").read_text()
+    assert "INCOMPLETE" in md and "| failed |" in md and "fold 0, cfg 0: UserError" in md

@@ -143,3 +143,17 @@ def test_multirun_end_callback_plots_and_never_raises(tmp_path, capsys):
     assert "plots:" in capsys.readouterr().out
     # a broken sweep dir is logged, not raised: the jobs' results must survive
     callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "x")}}}))
+
+
+def test_another_swept_setting_is_not_averaged_in(tmp_path):
+    from histograph.aggregate import aggregate
+
+    sweep = _fake_sweep(tmp_path / "sweep")
+    for job in sweep.glob("layers=*"):  # tag the seed-1 jobs as another normalisation
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        norm = "softmax" if "seed=1" in overrides else "signed"
+        (job / ".hydra" / "overrides.yaml").write_text(
+            yaml.safe_dump(overrides + [f"readout.normalization={norm}"]))
+    table = depth_table(aggregate(sweep)["jobs"]).set_index(["readout", "layers"])
+    assert table.loc[("mean [readout.normalization=softmax]", 8)]["mean"] == pytest.approx(0.50)
+    assert table.loc[("mean [readout.normalization=signed]", 8)]["n"] == 1

@@ -44,6 +44,10 @@ def _ranges(starts: Tensor, counts: Tensor, total: int) -> Tensor:
     return torch.repeat_interleave(shift, counts, output_size=total) + torch.arange(total)
 
 
+# the per-graph node counts PyG's collate keeps when graphs set num_nodes explicitly
+_COUNT_KEYS = ("num_nodes", "_num_nodes")
+
+
 def unsupported_reason(dataset) -> str | None:
     """Why ``dataset`` cannot be served by :class:`CachedGraphLoader` (``None``: it can)."""
     if not isinstance(dataset, InMemoryDataset):
@@ -56,6 +60,8 @@ def unsupported_reason(dataset) -> str | None:
     if dataset.slices is None:
         return "the dataset holds a single graph"
     for key, value in data.to_dict().items():
+        if key in _COUNT_KEYS:  # read by _node_counts
+            continue
         if key not in dataset.slices or not isinstance(value, Tensor) or value.is_sparse:
             return f"attribute {key!r} is not a dense per-graph tensor"
         if "batch" in key or data.__cat_dim__(key, value) is None:
@@ -66,9 +72,11 @@ def unsupported_reason(dataset) -> str | None:
 
 
 def _node_counts(dataset: InMemoryDataset) -> Tensor | None:
+    """Nodes of every graph of the full dataset: explicit counts, else the rows of x or pos."""
     data, slices = dataset._data, dataset.slices
     num_nodes = getattr(data, "_num_nodes", None)
-    if isinstance(num_nodes, (list, tuple)) and len(num_nodes) == len(slices[next(iter(slices))]) - 1:
+    total_graphs = len(next(iter(slices.values()))) - 1
+    if isinstance(num_nodes, (list, tuple)) and len(num_nodes) == total_graphs:
         return torch.as_tensor(num_nodes, dtype=torch.long)
     for key in ("x", "pos"):
         if key in slices and data.__cat_dim__(key, data[key]) == 0:
@@ -96,7 +104,10 @@ class CollatedGraphs:
         if reason is not None:
             raise ValueError(f"cached collation does not apply: {reason}")
         data, slices = dataset._data, dataset.slices
-        self.graph_ids = torch.as_tensor(list(dataset.indices()), dtype=torch.long)
+        indices = dataset.indices()
+        self.graph_ids = (torch.arange(indices.start, indices.stop, indices.step)
+                          if isinstance(indices, range)
+                          else torch.as_tensor(indices, dtype=torch.long).view(-1))
         self.num_graphs = self.graph_ids.numel()
         self.node_counts = _node_counts(dataset)[self.graph_ids]
         self.values: dict[str, Tensor] = {}
@@ -104,6 +115,8 @@ class CollatedGraphs:
         self.increment: dict[str, bool] = {}
         self.groups: list[_Group] = []
         for key, value in data.to_dict().items():
+            if key in _COUNT_KEYS:
+                continue
             self.values[key] = value
             self.cat_dims[key] = data.__cat_dim__(key, value) % max(value.dim(), 1)
             self.increment[key] = "index" in key or key == "face"
@@ -190,6 +203,8 @@ class ArrangedGraphs:
         out._slice_dict, out._inc_dict = slice_dict, inc_dict
         if "x" not in self.tensors and "pos" not in self.tensors:
             out.num_nodes = n1 - n0
+            # per graph, as PyG's collate keeps them (get_example / to_data_list read it)
+            out._store._num_nodes = torch.diff(self.node_ptr[g0:g1 + 1]).tolist()
         return out
 
 
@@ -217,10 +232,11 @@ class CachedGraphLoader:
     """An iterable of mini-batches over an in-memory graph set, with cached collation.
 
     A drop-in for :class:`torch_geometric.loader.DataLoader` with ``num_workers=0`` on
-    :class:`~torch_geometric.data.InMemoryDataset` subsets (see the module docstring). The shuffle
-    order of each epoch comes from a generator seeded by one draw of torch's global generator
-    when the iteration starts, as :class:`~torch.utils.data.RandomSampler` does, so seeding
-    and checkpointed RNG states govern it the same way.
+    :class:`~torch_geometric.data.InMemoryDataset` subsets (see the module docstring). Each
+    iteration draws from torch's global generator exactly what ``DataLoader`` +
+    :class:`~torch.utils.data.RandomSampler` draw (a base seed, then the sampler's seed, from
+    which the permutation comes), so for the same generator state it yields the same graphs in
+    the same order as PyG's loader, and seeding and checkpointed RNG states govern it alike.
 
     :param dataset: the graphs (an ``InMemoryDataset`` or a subset of one, without transform).
     :param batch_size: graphs per batch.
@@ -246,6 +262,7 @@ class CachedGraphLoader:
         self._fixed: ArrangedGraphs | None = None
 
     def _positions(self) -> Tensor:
+        """This epoch's order of the graphs (positions in ``dataset``), sharded by rank."""
         n = len(self.graphs)
         per_rank = math.ceil(n / self.world_size)
         if not (self.shuffle or self.bucket_by_size):
@@ -274,6 +291,12 @@ class CachedGraphLoader:
         return math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
+        # A generator: nothing is drawn until the first batch is requested (Lightning calls
+        # iter() once on any non-DataLoader iterable just to check it). Then draw what torch's
+        # DataLoader draws from the global generator for an iteration (its base seed; then the
+        # sampler's seed in _positions), so that the random stream (dropout, later epochs) is
+        # the one PyG's loader leaves: a run gives the same numbers with data.loader=cached/pyg.
+        torch.empty((), dtype=torch.int64).random_()
         if self.shuffle or self.bucket_by_size:
             arranged = self.graphs.arrange(self._positions(), self.batch_size)
         else:

@@ -20,6 +20,15 @@ class InMemoryGraphs(InMemoryDataset):
         super().__init__(None)
         self.data, self.slices = self.collate(data_list)
 
+    @classmethod
+    def from_collated(cls, data: Data, slices: dict) -> "InMemoryGraphs":
+        """Wrap tensors that are already collated (one ``data`` + per-attribute ``slices``, as
+        :meth:`~torch_geometric.data.InMemoryDataset.collate` returns) without a list."""
+        graphs = cls.__new__(cls)
+        InMemoryDataset.__init__(graphs, None)
+        graphs.data, graphs.slices = data, slices
+        return graphs
+
 
 @dataclass
 class GraphData:

@@ -8,6 +8,7 @@ continuous node attributes when ``use_node_attr``), and for sets without any nod
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -66,26 +67,48 @@ def load_tu(name: str, data_dir: str | os.PathLike, data_mirror: str | None = No
             f"truncated or corrupt: delete {root / name} and copy them again.") from exc
     if len(dataset) == 0:
         raise UserError(f"TU dataset {name!r} in {raw} holds no graphs; re-copy its raw files.")
-    try:  # PyG does not check the line counts: a short labels file fails only when sliced
-        data_list = list(dataset)
-    except (RuntimeError, IndexError) as exc:
+    # PyG does not check the line counts: a short file would fail only when a graph is sliced
+    problem = _inconsistency(dataset)
+    if problem:
         raise UserError(
-            f"The raw files of TU dataset {name!r} in {raw} disagree in length ({exc}); one is "
-            f"truncated: delete {root / name} and copy them again.") from exc
-    if dataset.num_node_features == 0:
-        data_list = [_with_degree_features(d, degree_cap) for d in data_list]
-    labels = torch.cat([d.y.view(-1) for d in data_list]).numpy()
+            f"The raw files of TU dataset {name!r} in {raw} disagree in length ({problem}); one "
+            f"is truncated: delete {root / name} and copy them again.")
+    # The collated tensors are used as they are (no per-graph copies, nothing re-done per job
+    # or per access); feature-less sets get their one-hot degrees computed for all graphs at once.
+    graphs = dataset if dataset.num_node_features else _with_degree_features(dataset, degree_cap)
+    labels = dataset._data.y.view(-1).numpy()
     num_classes = int(labels.max()) + 1
-    graphs = InMemoryGraphs(data_list)
     edge_dim = graphs.num_edge_features or None
     return GraphData(dataset=graphs, name=name, num_features=graphs.num_node_features,
                      num_outputs=num_classes, task="multiclass", metric="acc",
                      edge_dim=edge_dim, encoder="linear", labels=np.asarray(labels))
 
 
-def _with_degree_features(data, cap: int):
-    """One-hot degree in ``cap + 1`` buckets (0..cap, degrees above ``cap`` share the last one)."""
-    deg = degree(data.edge_index[0], num_nodes=data.num_nodes, dtype=torch.long).clamp_(max=cap)
-    data = data.clone()
-    data.x = torch.nn.functional.one_hot(deg, cap + 1).float()
-    return data
+def _inconsistency(dataset: TUDataset) -> str | None:
+    """What does not add up between the collated tensors and their per-graph offsets."""
+    data, slices, n = dataset._data, dataset.slices, len(dataset)
+    if data.y is None or data.y.size(0) != n:
+        return f"{n} graphs but {0 if data.y is None else data.y.size(0)} graph labels"
+    for key, offsets in slices.items():
+        value = data[key]
+        if len(offsets) != n + 1:
+            return f"{len(offsets) - 1} slices of {key} for {n} graphs"
+        dim = data.__cat_dim__(key, value)
+        if isinstance(value, torch.Tensor) and value.size(dim) != int(offsets[-1]):
+            return f"{key} has {value.size(dim)} entries, the graphs need {int(offsets[-1])}"
+    return None
+
+
+def _with_degree_features(dataset: TUDataset, cap: int) -> InMemoryGraphs:
+    """The dataset with ``x`` = one-hot degree in ``cap + 1`` buckets (0..cap, degrees above
+    ``cap`` share the last one), computed for every graph at once on the collated tensors."""
+    data, slices = dataset._data, dataset.slices
+    counts = torch.as_tensor(data._num_nodes, dtype=torch.long)  # TU stores it without x
+    node_ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    edge_slices = slices["edge_index"]
+    owner = torch.repeat_interleave(torch.arange(len(counts)), torch.diff(edge_slices))
+    source = data.edge_index[0] + node_ptr[owner]  # edge_index is stored per graph
+    deg = degree(source, num_nodes=int(node_ptr[-1]), dtype=torch.long).clamp_(max=cap)
+    out = copy.copy(data)  # shares the other tensors
+    out.x = torch.nn.functional.one_hot(deg, cap + 1).float()
+    return InMemoryGraphs.from_collated(out, {**slices, "x": node_ptr})

@@ -52,12 +52,15 @@ class HistoryGNN(torch.nn.Module):
         param_budget (int, optional): the parameter budget ``hidden`` was fitted to
             (``model.param_budget``; :mod:`histograph.nn.budget` picks ``hidden`` before the
             backbone is built). Recorded here, not used. (default: :obj:`None`)
+        compile (bool): ``model.compile``: the training entry point compiles the whole network
+            (backbone, readout, head) with ``torch.compile(dynamic=True)``. Recorded here, not
+            used. (default: :obj:`False`)
     """
 
     def __init__(self, in_channels: int, hidden: int, layers: int, conv: str = "gin", norm: str | None = "batch", act: str = "relu",
                  dropout: float = 0.0, residual: bool = False, encoder: str = "linear",
                  edge_dim: int | None = None, gat_heads: int = 4,
-                 param_budget: int | None = None) -> None:
+                 param_budget: int | None = None, compile: bool = False) -> None:
         super().__init__()
         if conv not in CONVS:
             raise unknown_choice("model conv", conv, CONVS)
@@ -79,6 +82,7 @@ class HistoryGNN(torch.nn.Module):
         self.conv_name, self.residual, self.dropout = conv, residual, float(dropout)
         self.encoder_name, self.gat_heads, self.act_name = encoder, gat_heads, act
         self.param_budget = param_budget
+        self.compile_requested = bool(compile)
         self.norm_name = None if norm in (None, "none", "None") else norm
         h = hidden
         if encoder == "atom":

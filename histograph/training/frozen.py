@@ -113,10 +113,17 @@ def compute_history(backbone: torch.nn.Module, dataset, batch_size: int = 256,
 
 
 def history_dataset(history: Tensor, ptr: Tensor, y: Tensor) -> InMemoryDataset:
-    """Graphs whose only node attribute is the cached ``history`` (``[N_g, L, D]``)."""
-    graphs = [Data(history=history[ptr[i]:ptr[i + 1]], y=y[i:i + 1],
-                   num_nodes=int(ptr[i + 1] - ptr[i])) for i in range(len(ptr) - 1)]
-    return InMemoryGraphs(graphs)
+    """Graphs whose only node attribute is the cached ``history`` (``[N_g, L, D]``).
+
+    Built directly in PyG's collated layout (the history as it is, offsets ``ptr``), with no
+    per-graph objects; batches are then cut by the cached loader.
+    """
+    counts = torch.diff(ptr)
+    data = Data(history=history, y=y)
+    data._num_nodes = counts.tolist()  # what PyG's collate keeps for explicit num_nodes
+    data.num_nodes = int(ptr[-1])
+    slices = {"history": ptr.long(), "y": torch.arange(len(counts) + 1)}
+    return InMemoryGraphs.from_collated(data, slices)
 
 
 def cache_key(source: SourceCheckpoint) -> str:

@@ -15,6 +15,9 @@ from torch_geometric.utils import scatter
 NORMALIZATIONS = ("signed", "softmax")
 SCOPES = ("graph", "batch")
 PROJECTIONS = ("per_layer", "shared")
+GUARDS = ("relative", "absolute")
+# Smallest magnitude of the signed denominator under the relative guard (all scores ~ 0).
+MIN_DENOMINATOR = 1e-6
 
 
 def sinusoidal_encoding(length: int, channels: int) -> Tensor:
@@ -28,9 +31,10 @@ def sinusoidal_encoding(length: int, channels: int) -> Tensor:
     return enc.to(torch.get_default_dtype())
 
 
-def signed_guard(z: Tensor, eps: float) -> Tensor:
+def signed_guard(z: Tensor, eps: float | Tensor) -> Tensor:
     r""":math:`\mathrm{sign}(z)\max(|z|, \epsilon)` with :math:`\mathrm{sign}(0) = +1`; finite
-    value and gradient everywhere (the clamped branch has zero gradient)."""
+    value and gradient everywhere (the clamped branch has zero gradient). ``eps`` may be a
+    tensor broadcastable to ``z`` (the relative guard's per-graph floor)."""
     return torch.where(z >= 0, z.clamp(min=eps), z.clamp(max=-eps))
 
 
@@ -158,8 +162,15 @@ class HistographReadout(torch.nn.Module):
         residual (bool, optional): Add :math:`\mathbf{H}` to the stage-2 output.
             (default: :obj:`True`)
         layer_norm (bool, optional): Apply LayerNorm after stage 2. (default: :obj:`True`)
-        eps (float, optional): Minimum magnitude of the signed denominator.
-            (default: :obj:`1e-6`)
+        guard (str, optional): How the signed denominator is kept away from zero:
+            :obj:`"relative"` floors :math:`|\sum_l c_{g,l}|` at
+            :math:`\epsilon \sum_l |c_{g,l}|` (so :math:`|\alpha_{g,l}| \le 1/\epsilon`: the
+            weights and their gradients stay bounded when the scores nearly cancel, which with an
+            absolute floor made training diverge to NaN gradients on OGB and MUTAG runs);
+            :obj:`"absolute"` floors it at :math:`\epsilon`. Both keep the sign.
+            (default: :obj:`"relative"`)
+        eps (float, optional): The guard's floor (relative: a fraction of
+            :math:`\sum_l |c_{g,l}|`; absolute: a magnitude). (default: :obj:`0.01`)
         dropout (float, optional): Dropout on the stage-2 attention weights (training only).
             (default: :obj:`0.0`)
     """
@@ -167,7 +178,8 @@ class HistographReadout(torch.nn.Module):
     def __init__(self, in_channels: int, history_len: int, *, normalization: str = "signed",
                  scope: str = "graph", layer_stage: bool = True, node_stage: bool = True,
                  projection: str = "per_layer", heads: int = 4, residual: bool = True,
-                 layer_norm: bool = True, eps: float = 1e-6, dropout: float = 0.0) -> None:
+                 layer_norm: bool = True, guard: str = "relative", eps: float = 0.01,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"Unknown normalization {normalization!r}; use one of "
@@ -185,6 +197,8 @@ class HistographReadout(torch.nn.Module):
         if heads < 1 or in_channels % heads != 0:
             raise ValueError(f"heads={heads} must be a positive divisor of in_channels="
                              f"{in_channels}; choose heads that divides it.")
+        if guard not in GUARDS:
+            raise ValueError(f"Unknown guard {guard!r}; use one of {', '.join(GUARDS)}.")
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps}; use a small positive value like 1e-6.")
         if not 0.0 <= dropout < 1.0:
@@ -194,7 +208,7 @@ class HistographReadout(torch.nn.Module):
         self.normalization, self.scope, self.projection = normalization, scope, projection
         self.layer_stage, self.node_stage = layer_stage, node_stage
         self.heads, self.residual, self.layer_norm = heads, residual, layer_norm
-        self.eps, self.dropout = eps, dropout
+        self.guard, self.eps, self.dropout = guard, eps, dropout
         D, L = in_channels, history_len
 
         self.proj_weight = self.proj_bias = self.proj = None
@@ -292,7 +306,9 @@ class HistographReadout(torch.nn.Module):
 
         if self.layer_stage:
             xt = self._project(xs, 0)  # [L, N, D]
-            q = self.layer_query(xt[L - 1])  # [N, D]
+            # the query's input X~_{L-1} is projected once more (N x D x D) instead of sliced
+            # from xt: the backward of a slice writes a zero gradient as large as all of xt
+            q = self.layer_query(self._project(xs[L - 1:], L - 1)[0])  # [N, D]
             # <q, W_K x> = <W_K^T q, x>: one [N, D] x [D, D] product instead of keys for
             # all L layers ([N, L, D] x [D, D]); the 1/sqrt(D) scale rides along
             qk = (q @ self.layer_key.weight) * (1.0 / math.sqrt(D))
@@ -302,7 +318,10 @@ class HistographReadout(torch.nn.Module):
             else:
                 c = s.mean(dim=0, keepdim=True)  # [1, L]
             if self.normalization == "signed":
-                alpha = c / signed_guard(c.sum(dim=-1, keepdim=True), self.eps)
+                total = c.sum(dim=-1, keepdim=True)
+                floor = self.eps if self.guard == "absolute" else \
+                    (self.eps * c.abs().sum(dim=-1, keepdim=True)).clamp(min=MIN_DENOMINATOR)
+                alpha = c / signed_guard(total, floor)
             else:
                 alpha = torch.softmax(c, dim=-1)
             node_alpha = alpha[batch] if self.scope == "graph" else alpha  # [N or 1, L]
@@ -314,6 +333,7 @@ class HistographReadout(torch.nn.Module):
 
         return self._node_attention(h, batch, num_graphs) if self.node_stage else h
 
+    @torch.compiler.disable  # block shapes change with every batch: eager, not recompiled
     def _node_attention(self, h: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
         """Multi-head self-attention among the nodes of each graph, then residual + LayerNorm.
 
