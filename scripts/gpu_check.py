@@ -114,7 +114,6 @@ def main() -> None:
         print("gpu_check: no CUDA device here; nothing to check (use --device cpu for a smoke "
               "test of the script).")
         return
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     name = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
             else "cpu")
     print(f"## GPU check on {name}; torch {torch.__version__}; fp32 matmul "

@@ -259,7 +259,7 @@ def test_frozen_with_a_file_that_is_not_a_histograph_checkpoint(cfg_factory, tmp
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(foreign.read_bytes()[:100])
     _fails(cfg_factory(SMALL + ["mode=frozen", f"backbone_ckpt={truncated}"]),
-           r"could not be read as a checkpoint", tmp_path / "run")
+           r"cannot be loaded safely", tmp_path / "run")
 
 
 # ----------------------------------------------------------------------------- NaN / inf

@@ -67,7 +67,9 @@ class FiniteLossGuard(pl.Callback):
     def _stop(trainer: pl.Trainer, what: str) -> None:
         batch = trainer.fit_loop.epoch_loop.batch_progress.current.ready - 1
         where = f"epoch {trainer.current_epoch}, batch {batch} (global step {trainer.global_step})"
-        last = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
+        written = [p for cb in trainer.checkpoint_callbacks
+                   for p in (getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", ""))]
+        last = next((p for p in written if p and Path(p).name == "last.ckpt"), "")
         if last and Path(last).exists():
             kept = f"the last good checkpoint is {last}, written before this step"
         else:
