@@ -4,9 +4,7 @@
 #   scripts/depth_graph.sh            # full: 6 depths x 3 readouts x 10 folds x 2 models, 100 epochs
 #   REDUCED=1 scripts/depth_graph.sh  # what results/depth/<dataset> ran on a 2-core CPU (README)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+source "$(dirname "$0")/env.sh"
 DATASETS=${DATASETS:-"proteins imdb_binary"}
 
 for ds in $DATASETS; do

@@ -5,9 +5,7 @@
 #   REDUCED=1 scripts/depth_node.sh  # what results/depth/node ran on a 2-core CPU (see its README)
 # Tables and plots go to results/depth/node/ (python -m histograph.plot --out ...).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+source "$(dirname "$0")/env.sh"
 SWEEP=${SWEEP:-node_depth}
 OUT=${OUT:-results/depth/node}
 

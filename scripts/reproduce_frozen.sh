@@ -10,12 +10,7 @@
 # Reduced setting used for results/README.md:
 #   FOLDS="0 1 2" EPOCHS=30 scripts/reproduce_frozen.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-if [ -z "${HISTOGRAPH_DATA_MIRROR:-}" ] && [ -d ../shared/data ]; then
-  export HISTOGRAPH_DATA_MIRROR="$(cd ../shared/data && pwd)"
-fi
+source "$(dirname "$0")/env.sh"
 DATASET=${DATASET:-imdb_multi}
 FOLDS=${FOLDS:-"0 1 2 3 4 5 6 7 8 9"}
 PROTOCOLS=${PROTOCOLS:-"holdout gin"}

@@ -7,12 +7,7 @@
 # Reduced setting used for results/README.md:
 #   DATASET=mutag EPOCHS=20 GRID='["model.hidden=32,64"]' scripts/reproduce_nested.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-if [ -z "${HISTOGRAPH_DATA_MIRROR:-}" ] && [ -d ../shared/data ]; then
-  export HISTOGRAPH_DATA_MIRROR="$(cd ../shared/data && pwd)"
-fi
+source "$(dirname "$0")/env.sh"
 DATASET=${DATASET:-proteins}
 READOUT=${READOUT:-histograph}
 EPOCHS=${EPOCHS:-350}

@@ -8,12 +8,7 @@
 # Reduced setting used for results/README.md:
 #   DATASETS="ogbg_molbace ogbg_molbbbp" EPOCHS=20 scripts/reproduce_ogb.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-if [ -z "${HISTOGRAPH_DATA_MIRROR:-}" ] && [ -d ../shared/data ]; then
-  export HISTOGRAPH_DATA_MIRROR="$(cd ../shared/data && pwd)"
-fi
+source "$(dirname "$0")/env.sh"
 DATASETS=${DATASETS:-"ogbg_molhiv ogbg_molbbbp ogbg_molbace"}
 READOUTS=${READOUTS:-"mean,histograph"}
 SEEDS=${SEEDS:-"0,1,2,3,4"}

@@ -18,12 +18,7 @@
 #   OUT_DIR    where tables go     (results/tu)
 #   EXTRA      more overrides      (e.g. "trainer.accelerator=gpu")
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-if [ -z "${HISTOGRAPH_DATA_MIRROR:-}" ] && [ -d ../shared/data ]; then
-  export HISTOGRAPH_DATA_MIRROR="$(cd ../shared/data && pwd)"
-fi
+source "$(dirname "$0")/env.sh"
 DATASETS=${DATASETS:-"mutag ptc_mr proteins imdb_binary imdb_multi nci1 reddit_binary"}
 READOUTS=${READOUTS:-"mean,sum,attention,gmt,jk_cat,histograph"}
 PROTOCOLS=${PROTOCOLS:-"gin holdout"}
