@@ -32,8 +32,8 @@ import _bench  # noqa: F401  (sets sys.path and the offline environment first)
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _bench import (clock, compose, framework_epochs, header, median, peak_tensor_bytes,
-                    set_threads, table)
+from _bench import (clock, compose, framework_epochs, header, matmul_gflops, median,
+                    peak_tensor_bytes, set_threads, table)
 
 READOUTS = ["mean", "attention", "set2set", "gmt", "jk_lstm", "histograph"]
 DATASETS = {"MUTAG": "MUTAG", "PROTEINS": "PROTEINS", "DD": "DD", "REDDIT": "REDDIT-BINARY"}
@@ -54,11 +54,33 @@ def graph_sizes(name: str, data_dir: str | None) -> np.ndarray:
                      f"folder with TUDataset/{name}/raw.")
 
 
-def build_readout(name: str, history_len: int) -> torch.nn.Module:
+def readout_factory(name: str):
+    """``(in_channels, history_len) -> module`` for a readout config name, or for
+    ``histograph@<git revision>``: the HISTOGRAPH readout as that commit wrote it (read with
+    ``git show``, default options), to measure a change side by side with the working tree."""
     from hydra.utils import instantiate
 
-    cfg = compose([f"readout={name}"])
-    return instantiate(cfg.readout)(in_channels=HIDDEN, history_len=history_len)
+    if "@" not in name:
+        return instantiate(compose([f"readout={name}"]).readout)
+    import subprocess
+    import types
+
+    base, rev = name.split("@", 1)
+    if base != "histograph":
+        raise SystemExit(f"error: only histograph@<revision> is supported, got {name!r}")
+    try:
+        source = subprocess.run(["git", "show", f"{rev}:histograph/nn/readouts/histograph.py"],
+                                cwd=_bench.ROOT, capture_output=True, text=True,
+                                check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SystemExit(f"error: cannot read the readout at revision {rev!r} ({exc})")
+    module = types.ModuleType(f"histograph_at_{rev}")
+    exec(compile(source, f"histograph@{rev}", "exec"), module.__dict__)  # noqa: S102
+    return lambda in_channels, history_len: module.HistographReadout(in_channels, history_len)
+
+
+def build_readout(name: str, history_len: int) -> torch.nn.Module:
+    return readout_factory(name)(in_channels=HIDDEN, history_len=history_len)
 
 
 def too_costly(readout: str, drawn: list[np.ndarray], L: int, skipped: list[str], label: str,
@@ -67,7 +89,8 @@ def too_costly(readout: str, drawn: list[np.ndarray], L: int, skipped: list[str]
 
     PyG's JK-LSTM runs a bi-LSTM with ``L * D / 2`` hidden units over the ``L`` entries of every
     node (its cost grows with ``L^3``); GMT pads every graph of the batch to the largest one
-    and materialises the ``heads x M x M`` attention scores of its self-attention block.
+    (``B x M x D``; its first pooling attends from ``k`` seeds to the ``M`` nodes, linear in
+    ``M``), which only matters for batches with one huge graph.
     """
     nodes = float(np.mean([s.sum() for s in drawn]))
     if readout == "jk_lstm":
@@ -78,11 +101,11 @@ def too_costly(readout: str, drawn: list[np.ndarray], L: int, skipped: list[str]
                            f"step (bi-LSTM with {hidden} hidden units) > --max-gflop {max_gflop}")
             return True
     if readout == "gmt":
-        scores = max(len(s) * 4 * float(s.max()) ** 2 for s in drawn)
-        if scores * 4 * 3 > 4e9:
-            skipped.append(f"gmt, {label} batch {batch_size}: dense attention scores of "
-                           f"{scores * 4 / 2 ** 30:.1f} GiB per block (padding to the largest "
-                           f"graph, {int(max(s.max() for s in drawn))} nodes)")
+        padded = max(len(s) * float(s.max()) for s in drawn) * max(HIDDEN, 16 * 4) * 4
+        if padded * 12 > 8e9:  # the padded block and the temporaries of its attention
+            skipped.append(f"gmt, {label} batch {batch_size}: padded block of "
+                           f"{padded / 2 ** 30:.1f} GiB (every graph padded to the largest, "
+                           f"{int(max(s.max() for s in drawn))} nodes)")
             return True
     return False
 
@@ -158,10 +181,10 @@ def training_step_table(args) -> list[dict]:
     batches = list(dm.train_dataloader())
     models, opts = {}, {}
     for r in args.readouts:
-        rc = compose(["dataset=proteins", "model.layers=5", f"readout={r}"],
+        rc = compose(["dataset=proteins", "model.layers=5", f"readout={r.split('@')[0]}"],
                      output_dir=tempfile.gettempdir(), data_dir=args.data_dir)
         torch.manual_seed(0)
-        models[r] = build_model(instantiate(rc.model), instantiate(rc.readout),
+        models[r] = build_model(instantiate(rc.model), readout_factory(r),
                                 instantiate(rc.head), in_channels=data.num_features,
                                 out_channels=data.num_outputs, edge_dim=data.edge_dim,
                                 encoder=data.encoder).train()
@@ -182,9 +205,24 @@ def training_step_table(args) -> list[dict]:
     for _ in range(args.repeats):
         for r in args.readouts:
             times[r].append(epoch(r))
-    base = median(times["mean"])
+    from torch.utils.flop_counter import FlopCounterMode
+
+    flops = {}
+    for r in args.readouts:  # matmul FLOPs (forward + backward) of the first batch's step
+        counter = FlopCounterMode(display=False)
+        with counter:
+            models[r].zero_grad()
+            F.cross_entropy(models[r](batches[0]), batches[0].y).backward()
+        flops[r] = counter.get_total_flops()
+    gflops = matmul_gflops()
+    base, base_flops = median(times["mean"]), flops["mean"]
     rows = [{"readout": r, "ms/step": 1e3 * median(times[r]),
-             "x mean": median(times[r]) / base} for r in args.readouts]
+             "x mean": median(times[r]) / base, "MFLOP/step": flops[r] / 1e6,
+             "FLOP x mean": flops[r] / base_flops,
+             "floor ms": 1e3 * flops[r] / (gflops * 1e9)} for r in args.readouts]
+    print(f"(matmul FLOPs of one step counted by FlopCounterMode on the first batch, "
+          f"{batches[0].num_nodes} nodes; floor = FLOPs / {gflops:.0f} GFLOP/s measured fp32 "
+          f"matmul throughput)")
     return rows
 
 
@@ -216,7 +254,9 @@ def main() -> None:
     parser.add_argument("--layers", nargs="+", type=int, default=[2, 8, 32, 64],
                         help="history lengths L")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128])
-    parser.add_argument("--readouts", nargs="+", default=READOUTS)
+    parser.add_argument("--readouts", nargs="+", default=READOUTS,
+                        help="readout config names; histograph@<git rev> adds that commit's "
+                             "HISTOGRAPH readout (e.g. histograph@288ba89, before the speed work)")
     parser.add_argument("--batches", type=int, default=3, help="batches drawn per cell")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats")
     parser.add_argument("--max-node-layers", type=int, default=1_000_000,
@@ -257,7 +297,8 @@ def main() -> None:
         print("\n### Training step, GIN-5 + readout + head on PROTEINS (batch 32, fwd + bwd + "
               "optimizer)", flush=True)
         rows = training_step_table(args)
-        print(table(rows, ["readout", "ms/step", "x mean"]))
+        print(table(rows, ["readout", "ms/step", "x mean", "MFLOP/step", "FLOP x mean",
+                           "floor ms"]))
         hist = next((r for r in rows if r["readout"] == "histograph"), None)
         gmt = next((r for r in rows if r["readout"] == "gmt"), None)
         if hist:

@@ -339,8 +339,8 @@ class HistographReadout(torch.nn.Module):
 
         Graphs are padded into dense ``[B, M, D]`` blocks with a key mask for PyTorch's fused
         attention. Padding every graph to the largest one of the batch costs ``B * max N_g^2``
-        instead of ``sum N_g^2`` (15x more on PROTEINS/DD/REDDIT batches, whose sizes are
-        heavy-tailed), so graphs are grouped by size (:func:`size_groups`) and each group is
+        instead of ``sum N_g^2`` (an order of magnitude more on PROTEINS/DD/REDDIT batches,
+        whose sizes are heavy-tailed), so graphs are grouped by size (:func:`size_groups`) and each group is
         padded to its own largest graph: one scatter puts every node into its group's block,
         one attention call runs per occupied group (a handful), one gather brings the nodes
         back; there is no loop over graphs. Empty graphs take no slot (their row stays zero).
