@@ -127,6 +127,27 @@ def check_resume(ckpt: Mapping[str, Any], path: str | os.PathLike, config: Mappi
                         f"{more}); {fix}.")
 
 
+def stale_checkpoint(cfg: DictConfig, output_dir: str | os.PathLike) -> list[str]:
+    """Differences between ``<output_dir>/checkpoints/last.ckpt``'s stored run settings and
+    ``cfg``'s (empty when there is no such checkpoint, or when it matches).
+
+    A sweep uses it to move aside an unfinished job's outputs when the job's config changed
+    (e.g. a new default) instead of refusing to resume it.
+    """
+    last = Path(output_dir) / "checkpoints" / "last.ckpt"
+    if not last.exists():
+        return []
+    try:
+        stored = load_checkpoint(last).get(RUN_CONFIG_KEY)
+    except UserError:
+        return ["an unreadable last.ckpt"]
+    config = run_config(cfg)
+    if not isinstance(stored, Mapping):
+        return []
+    return [f"{k} {stored[k]!r} -> {config[k]!r}" for k in config
+            if k in stored and stored[k] != config[k]]
+
+
 def resume_point(cfg: DictConfig, output_dir: str | os.PathLike,
                  module: torch.nn.Module) -> tuple[str | None, int | None]:
     """Where this run resumes: ``(<output_dir>/checkpoints/last.ckpt, its epoch)``, or

@@ -207,6 +207,30 @@ def test_killed_job_resumes_from_last_checkpoint(tmp_path, data_dir, monkeypatch
     assert (job / "done.json").exists() and not (job / "failed.json").exists()
 
 
+def test_unfinished_job_with_a_changed_config_starts_over(tmp_path, data_dir, monkeypatch):
+    """A failed/killed attempt whose last.ckpt came from another config (e.g. a changed default)
+    is moved aside and retrained, instead of failing on the resume check."""
+    import lightning.pytorch as pl
+
+    class CrashAtEpoch(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                raise _Crash("killed")
+
+    job = tmp_path / "job"
+    base = SMOKE + ["model.layers=1", "readout=mean", "trainer.max_epochs=2"]
+    _trainer_with(monkeypatch, CrashAtEpoch())
+    assert jobs.run_idempotent(make_cfg(base, job, data_dir), train_mod.run) is None
+    assert (job / "checkpoints" / "last.ckpt").exists() and (job / "failed.json").exists()
+    monkeypatch.undo()
+    changed = make_cfg(base + ["optimizer.lr=0.005"], job, data_dir)
+    assert jobs.run_idempotent(changed, train_mod.run) is not None
+    assert (job / "done.json").exists() and not (job / "failed.json").exists()
+    moved = list((job / "superseded").glob("*/failed.json"))
+    assert len(moved) == 1 and (moved[0].parent / "checkpoints" / "last.ckpt").exists()
+    assert json.loads((job / "results.json").read_text())["epochs"] == 2
+
+
 # ---------------------------------------------------------------------- real sweeps
 def _sweep(args: list[str], log_dir: Path, data_dir: Path, timeout: int = 600
            ) -> subprocess.CompletedProcess:

@@ -349,6 +349,15 @@ def run_idempotent(cfg: DictConfig, run: Callable[[DictConfig], dict[str, Any]]
             moved = supersede(job_dir)
             log.warning("%s finished under a different config (%s); its outputs moved to %s "
                         "and the job trains again.", job_dir, diff, moved)
+        elif rank0:
+            from histograph.checkpoints import stale_checkpoint
+
+            stale = stale_checkpoint(cfg, job_dir)  # an unfinished (failed, killed) attempt
+            if stale:
+                moved = supersede(job_dir)
+                log.warning("%s was started under a different config (%s); its outputs moved "
+                            "to %s and the job trains from scratch.", job_dir,
+                            ", ".join(stale[:3]), moved)
         if rank0 and (job_dir / FAILED_FILE).exists():
             (job_dir / FAILED_FILE).unlink()  # a new attempt; a stale marker would mislead
         results = run(cfg)
