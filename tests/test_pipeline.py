@@ -62,7 +62,6 @@ def test_ogb_metric_equals_evaluator(cfg_factory, tmp_path):
     from ogb.graphproppred import Evaluator
 
     from histograph.train import build_datamodule
-    from histograph.training.module import LitGraphClassifier  # noqa: F401
 
     cfg = cfg_factory(["dataset=ogbg_molbace", "model=gine", "model.layers=2",
                        "model.hidden=16", "trainer.max_epochs=1"])

@@ -18,6 +18,7 @@ from torch_geometric.loader import DataLoader
 
 from histograph.data.collate import CachedGraphLoader, unsupported_reason
 from histograph.data.graphs import GraphData
+from histograph.data.mirror import load_into
 from histograph.data.splits import load_or_make_folds
 from histograph.errors import UserError, unknown_choice
 
@@ -88,12 +89,7 @@ class GraphDataModule(pl.LightningDataModule):
         """Load the dataset (once) and select this fold's indices."""
         if self.data is not None:
             return
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        if not os.access(self.data_dir, os.W_OK):
-            raise UserError(f"The data folder {self.data_dir} is not writable; set "
-                            f"paths.data_dir to a writable folder.")
-        data = self.loader(data_dir=str(self.data_dir), data_mirror=self.data_mirror,
-                           offline=self.offline)
+        data = load_into(self.loader, self.data_dir, self.data_mirror, self.offline)
         self.split = self._make_split(data)
         for key, idx in self.split.items():
             if key != "val" or self.protocol != "gin":

@@ -71,3 +71,16 @@ def stage(relative: str, data_dir: str | os.PathLike, mirror: Path | None) -> Pa
                     os.unlink(tmp)
         return root
     return None
+
+
+def load_into(loader, data_dir: str | os.PathLike, data_mirror: str | None, offline: bool):
+    """Call a dataset loader with a writable ``data_dir`` (created if needed).
+
+    :raises UserError: when ``data_dir`` is not writable.
+    """
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(data_dir, os.W_OK):
+        raise UserError(f"The data folder {data_dir} is not writable; set paths.data_dir to a "
+                        f"writable folder.")
+    return loader(data_dir=str(data_dir), data_mirror=data_mirror, offline=offline)

@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 from torch_geometric.data import Data
 
+from histograph.data.mirror import load_into
 from histograph.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -76,12 +77,7 @@ class NodeDataModule(pl.LightningDataModule):
         """Load the graph (once) and check that every split has nodes."""
         if self.data is not None:
             return
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        if not os.access(self.data_dir, os.W_OK):
-            raise UserError(f"The data folder {self.data_dir} is not writable; set "
-                            f"paths.data_dir to a writable folder.")
-        data = self.loader(data_dir=str(self.data_dir), data_mirror=self.data_mirror,
-                           offline=self.offline)
+        data = load_into(self.loader, self.data_dir, self.data_mirror, self.offline)
         if not isinstance(data, NodeData):
             raise UserError("task=node needs a node-classification dataset (dataset=cora, "
                             "citeseer or pubmed); this dataset holds graph labels.")

@@ -81,12 +81,16 @@ class LitGraphClassifier(pl.LightningModule):
         loss = self.loss(logits, batch.y)
         self.metrics[f"{split}_"].update(logits, self._target(batch.y))
         self._record_loss(split, loss, batch.num_graphs)
+        self._record_layer_weights(split)
+        return loss
+
+    def _record_layer_weights(self, split: str) -> None:
+        """Accumulate the readout's per-graph layer weights (HISTOGRAPH's alpha), if any."""
         weights = getattr(self.model.readout, "last_layer_weights", None)
         if weights is not None:
             acc = self._alpha.setdefault(split, [torch.zeros_like(weights[0]), 0])
             acc[0] = acc[0] + weights.sum(0)
             acc[1] += weights.size(0)
-        return loss
 
     def _record_loss(self, split: str, loss: Tensor, weight: int) -> None:
         """Add a batch's loss (weighted by its number of graphs) to the split's epoch sum."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import Data
@@ -45,9 +44,5 @@ class LitNodeClassifier(LitGraphClassifier):
         loss = F.cross_entropy(logits, y)
         self.metrics[f"{split}_"].update(logits, y)
         self._record_loss(split, loss, 1)
-        weights = getattr(self.model.readout, "last_layer_weights", None)
-        if weights is not None:
-            acc = self._alpha.setdefault(split, [torch.zeros_like(weights[0]), 0])
-            acc[0] = acc[0] + weights.sum(0)
-            acc[1] += weights.size(0)
+        self._record_layer_weights(split)
         return loss
