@@ -201,10 +201,7 @@ def build_network(cfg: DictConfig, dm) -> tuple[torch.nn.Module, dict[str, Any],
         source, backbone, data.dataset, cache=cfg.frozen.cache,
         cache_dir=Path(cfg.paths.data_dir) / "frozen_cache", device=device)
     backbone.cpu()
-    from torch_geometric.loader import DataLoader
-
-    y = torch.cat([b.y for b in DataLoader(data.dataset, batch_size=1024)])
-    cached = frozen.history_dataset(history, ptr, y)
+    cached = frozen.history_dataset(history, ptr, data.dataset.y)  # collated labels, in order
     dm.data = dataclasses.replace(data, dataset=cached)
     shell = build_model(instantiate(source.meta["model"]), instantiate(cfg.readout),
                         instantiate(cfg.head), in_channels=source.meta["in_channels"],
