@@ -14,7 +14,7 @@ from torch_geometric.loader import DataLoader
 from histograph.data.collate import CachedGraphLoader, CollatedGraphs, unsupported_reason
 from histograph.data.graphs import InMemoryGraphs
 from histograph.errors import UserError
-from histograph.train import build_datamodule, run
+from histograph.train import build_datamodule, build_network, run
 
 
 def _graphs(sizes: list[int], seed: int = 0, edge_attr: bool = True) -> InMemoryGraphs:
@@ -154,19 +154,18 @@ def test_training_identical_with_cached_and_pyg_loaders(cfg_factory, tmp_path) -
     assert cached["test"] == pyg["test"]
 
 
-def test_epoch_losses_are_graph_weighted_means(cfg_factory, tmp_path) -> None:
-    from hydra.utils import instantiate
-
-    from histograph.nn.model import build_model
-
-    cfg = cfg_factory(["model.layers=2", "model.hidden=16", "readout=mean"])
-    res = run(cfg)
+def _data_and_model(cfg):
+    """The set-up DataModule of ``cfg`` and its untrained network, as ``run`` builds them."""
     dm = build_datamodule(cfg)
     dm.setup("fit")
-    data = dm.data
-    model = build_model(instantiate(cfg.model), instantiate(cfg.readout), instantiate(cfg.head),
-                        in_channels=data.num_features, out_channels=data.num_outputs,
-                        edge_dim=data.edge_dim, encoder=data.encoder)
+    model, _, _ = build_network(cfg, dm)
+    return dm, model
+
+
+def test_epoch_losses_are_graph_weighted_means(cfg_factory, tmp_path) -> None:
+    cfg = cfg_factory(["model.layers=2", "model.hidden=16", "readout=mean"])
+    res = run(cfg)
+    dm, model = _data_and_model(cfg)
     ckpt = torch.load(res["checkpoint"], weights_only=True)  # the selected epoch's weights
     model.load_state_dict({k[len("model."):]: v for k, v in ckpt["state_dict"].items()})
     model.eval()
@@ -185,16 +184,11 @@ def test_epoch_losses_are_graph_weighted_means(cfg_factory, tmp_path) -> None:
 def test_training_step_has_no_host_sync(cfg_factory, monkeypatch) -> None:
     from hydra.utils import instantiate
 
-    from histograph.nn.model import build_model
     from histograph.training.module import LitGraphClassifier
 
     cfg = cfg_factory(["model.layers=2", "model.hidden=16", "readout=mean"])
-    dm = build_datamodule(cfg)
-    dm.setup("fit")
+    dm, model = _data_and_model(cfg)
     data = dm.data
-    model = build_model(instantiate(cfg.model), instantiate(cfg.readout), instantiate(cfg.head),
-                        in_channels=data.num_features, out_channels=data.num_outputs,
-                        edge_dim=data.edge_dim, encoder=data.encoder)
     lit = LitGraphClassifier(model, task=data.task, num_outputs=data.num_outputs,
                              metric=data.metric, dataset_name=data.name,
                              optimizer=instantiate(cfg.optimizer))
