@@ -9,10 +9,12 @@ that way. (OGB's processed datasets do need PyG's data classes registered:
 :mod:`histograph.data.ogb` does that.)
 
 A run folder is resumed from ``checkpoints/last.ckpt`` when it exists. If the folder was used by a
-*different* run (another model, dataset, fold, seed, optimizer, ...), Lightning would either fail
-with a long ``load_state_dict`` error or, when the shapes happen to match, silently continue the
-other run under this run's name. :class:`RunConfigCheckpoint` stores the settings that define a run
-in every checkpoint, and :func:`check_resume` refuses a mismatch with one sentence.
+*different* run (another model, dataset, fold, seed, optimizer, number of epochs, ...), Lightning
+would either fail with a long ``load_state_dict`` error or, when the shapes happen to match,
+silently continue the other run under this run's name and settings. :class:`RunConfigCheckpoint`
+stores the run's result keys (every config key that can change its numbers,
+:func:`histograph.keys.result_config`) in every checkpoint, and :func:`check_resume` refuses a
+mismatch with one sentence listing the changed keys (``resume=force`` continues anyway).
 """
 
 from __future__ import annotations
@@ -24,18 +26,15 @@ from typing import Any, Mapping
 
 import lightning.pytorch as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from histograph.errors import UserError
+from histograph.keys import flatten, result_config
 
 log = logging.getLogger("histograph")
 
 RUN_CONFIG_KEY = "histograph_run_config"
-
-# The settings that must agree between a checkpoint and the run that resumes from it. Everything
-# else (max_epochs, loggers, paths, threads, accelerator, progress bar, ...) may change on resume.
-RESUME_KEYS = ("seed", "fold", "mode", "backbone_ckpt", "dataset", "model", "readout", "head",
-               "protocol", "optimizer", "scheduler", "data.batch_size")
+RESUME_MODES = (True, False, "force")
 
 
 def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Any]:
@@ -64,24 +63,9 @@ def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> dict[s
 
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved settings of :data:`RESUME_KEYS`, flattened to ``{"model.layers": 5, ...}``."""
-    flat: dict[str, Any] = {}
-    for key in RESUME_KEYS:
-        node = OmegaConf.select(cfg, key, throw_on_missing=False)
-        if isinstance(node, DictConfig):
-            _flatten(key, OmegaConf.to_container(node, resolve=True), flat)
-        else:
-            flat[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) \
-                else node
-    return flat
-
-
-def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            _flatten(f"{prefix}.{k}", v, out)
-    else:
-        out[prefix] = value
+    """The run's result keys, resolved and flattened (``{"model.layers": 5, ...}``): the same
+    table as sweep hashes and job folders (:mod:`histograph.keys`)."""
+    return flatten(result_config(cfg))
 
 
 class RunConfigCheckpoint(pl.Callback):

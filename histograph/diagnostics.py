@@ -33,8 +33,9 @@ distinct nodes have exactly parallel states. With :math:`\hat{\mathbf{x}} = \mat
 
 Everything is vectorised over the graphs of a batch with scatter; the only Python loop is over the
 history entries. :func:`smoothing_diagnostics` runs a model over a loader and returns one value per
-history entry; the training entry point stores it in ``results.json`` as ``dirichlet_energy`` and
-``mad`` and logs ``<split>/dirichlet_energy/<l>`` and ``<split>/mad/<l>``.
+history entry; each task's ``diagnose`` (:mod:`histograph.tasks`) picks the evaluation data, and
+the training entry point stores the values in ``results.json`` as ``dirichlet_energy`` and ``mad``
+and logs ``<split>/dirichlet_energy/<l>`` and ``<split>/mad/<l>`` (:func:`smoothing_metrics`).
 """
 
 from __future__ import annotations
@@ -183,37 +184,9 @@ def smoothing_metrics(stats: dict[str, list[float] | None], split: str) -> dict[
     """Flat logger keys: ``<split>/dirichlet_energy/<l>`` and ``<split>/mad/<l>``."""
     out: dict[str, float] = {}
     for name, values in stats.items():
-        if not values:
+        if not isinstance(values, (list, tuple)) or not values:
             continue
         width = len(str(len(values) - 1))
         out.update({f"{split}/{name}/{layer:0{width}d}": float(v)
                     for layer, v in enumerate(values)})
     return out
-
-
-def diagnose(model: torch.nn.Module, dm, loggers: Sequence = (), step: int = 0
-             ) -> dict[str, object]:
-    """Measure the trained model's history on the validation data and log it.
-
-    Uses the validation graphs (``val``), or the test graphs when the protocol has no validation
-    set (``gin``); for node classification the energy covers the whole graph and MAD the
-    validation nodes. Returns the ``results.json`` keys ``dirichlet_energy``, ``mad`` and
-    ``diagnostics_split``.
-    """
-    from torch_geometric.loader import DataLoader
-
-    from histograph.data.node_datamodule import NodeData
-
-    split = "val" if "val" in dm.eval_splits else "test"
-    device = next(model.parameters()).device
-    if isinstance(dm.data, NodeData):
-        stats = smoothing_diagnostics(model, [dm.data.data], device, mad_mask_key=f"{split}_mask")
-    else:
-        loader = DataLoader(dm.subset(split), batch_size=dm.eval_batch_size, shuffle=False)
-        stats = smoothing_diagnostics(model, loader, device)
-    metrics = smoothing_metrics(stats, split)
-    if metrics:
-        for lg in loggers:
-            lg.log_metrics(metrics, step=step)
-            lg.save()
-    return {**stats, "diagnostics_split": split}

@@ -7,6 +7,7 @@ showing a stack trace; everything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 
@@ -18,3 +19,24 @@ def unknown_choice(kind: str, value: object, valid: Iterable[str], hint: str = "
     """Build the standard "unknown <kind>" error that lists the valid names."""
     names = ", ".join(sorted(valid))
     return UserError(f"Unknown {kind} {value!r}; valid names: {names}.{(' ' + hint) if hint else ''}")
+
+
+def invalid_choice(arg: str, value: object, valid: Iterable[str]) -> ValueError:
+    """The library-level error for an unknown option (``nn/``, ``data/``): it names the
+    constructor argument; :func:`config_error` turns it into the command line's message."""
+    return ValueError(f"{arg}={value!r} is not one of {', '.join(sorted(valid))}; use one of "
+                      f"them.")
+
+
+_ARG = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def config_error(group: str, keys: Iterable[str], exc: BaseException) -> UserError:
+    """A constructor's ``ValueError``/``TypeError`` as a one-line :class:`UserError` naming the
+    config key: ``"layers must be ..."`` from group ``model`` -> ``"model.layers must be ..."``
+    when ``layers`` is one of ``keys`` (the group's config keys), else ``"model: ..."``."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".") + "."
+    first = _ARG.match(text)
+    if first and first.group() in set(keys):
+        return UserError(f"{group}.{text}")
+    return UserError(f"{group}: {text}")

@@ -29,7 +29,6 @@ One command: ``python -m histograph.nested dataset=mutag 'protocol.grid=["model.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -38,14 +37,21 @@ from typing import Any, Callable, Sequence
 
 import hydra
 import numpy as np
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from histograph.analysis.aggregate import markdown_table
 from histograph.errors import UserError
+from histograph.resolvers import config_dir
+from histograph.sweeps import jobs
 from histograph.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("histograph")
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 #: Override keys the orchestrator sets itself for every job, or reads itself (not job settings).
 MANAGED_KEYS = ("fold", "seed", "protocol", "nested_stage", "protocol.grid", "protocol.retrain",
                 "protocol.outer_folds")
@@ -61,9 +67,6 @@ def grid_points(grid: Sequence[str]) -> list[list[str]]:
 
     :raises UserError: when an axis is not a valid Hydra override.
     """
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     if not grid:
         return [[]]
     try:
@@ -85,14 +88,10 @@ def compose_job(overrides: list[str], output_dir: Path) -> DictConfig:
 
     Sets Hydra's runtime config to the job's (``train.run`` reads config-group choices from it).
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
     if GlobalHydra.instance().is_initialized():
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     else:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
             cfg = compose("train", overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
@@ -102,18 +101,12 @@ def compose_job(overrides: list[str], output_dir: Path) -> DictConfig:
     return cfg
 
 
-def run_job(overrides: list[str], output_dir: Path, compose: ComposeFn) -> dict[str, Any]:
-    """Train one job (or reuse its ``results.json``); record its overrides like Hydra does.
-
-    A failing job leaves ``failed.json`` (``error``, ``traceback``, ``overrides``) and re-raises.
-    """
-    done = output_dir / "results.json"
-    if done.is_file():
-        log.info("Reusing %s", done)
-        return json.loads(done.read_text())
-    import traceback
-
-    from histograph.train import run
+def run_job(overrides: list[str], output_dir: Path, compose: ComposeFn
+            ) -> jobs.JobOutcome:
+    """Compose one job, record its overrides and config like Hydra does, and run it through the
+    sweeps' runner (:func:`histograph.sweeps.jobs.run_job`: skipped when finished with the same
+    config, ``failed.json`` when it fails, never raises for the job's own failure)."""
+    from histograph.train import run  # torch, PyG, Lightning: only when a job runs
 
     cfg = compose(list(overrides), output_dir)
     hydra_dir = output_dir / ".hydra"
@@ -121,27 +114,18 @@ def run_job(overrides: list[str], output_dir: Path, compose: ComposeFn) -> dict[
     atomic_write_text(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(list(overrides)))
     job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     atomic_write_text(hydra_dir / "config.yaml", OmegaConf.to_yaml(job_cfg))
-    try:
-        results = run(cfg)
-    except BaseException as exc:
-        atomic_write_json(output_dir / "failed.json",
-                          {"error": f"{type(exc).__name__}: {exc}",
-                           "traceback": traceback.format_exc(), "overrides": list(overrides)})
-        raise
-    (output_dir / "failed.json").unlink(missing_ok=True)
-    return results
+    outcome = jobs.run_job(cfg, run, list(overrides))
+    if not outcome.ok:
+        log.error("nested job %s failed: %s", output_dir, outcome.error)
+    return outcome
 
 
 # ---------------------------------------------------------------------- orchestrator
 def _attempt(overrides: list[str], output_dir: Path,
              compose: ComposeFn) -> tuple[dict[str, Any] | None, str | None]:
-    """:func:`run_job`, with a failure returned as its one-line message instead of raised."""
-    try:
-        return run_job(overrides, output_dir, compose), None
-    except Exception as exc:  # noqa: BLE001 - recorded in failed.json and in the summary
-        message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        log.error("nested job %s failed: %s", output_dir, message)
-        return None, message
+    """:func:`run_job` as ``(results or None, one-line error or None)``."""
+    outcome = run_job(overrides, output_dir, compose)
+    return outcome.results, outcome.error
 
 
 def nested_cv(base_overrides: Sequence[str], grid: Sequence[str], output_dir: str | Path, *,
@@ -242,8 +226,6 @@ def nested_cv(base_overrides: Sequence[str], grid: Sequence[str], output_dir: st
 
 def summary_markdown(summary: dict[str, Any]) -> str:
     """The nested CV result as Markdown: the figure, then one row per outer fold."""
-    from histograph.aggregate import markdown_table
-
     def pct(x: float | None) -> str:
         return "-" if x is None or math.isnan(x) else f"{100 * x:.2f}"
 
@@ -288,7 +270,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------- command line
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="nested")
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="nested")
 def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 

@@ -1,4 +1,8 @@
-"""Small helpers shared by the training entry point, callbacks and command-line tools."""
+"""Small helpers shared by the training entry point, callbacks and command-line tools.
+
+No heavy import at module level: the analysis tools and the command line's config check use the
+atomic writers before (or without) torch.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
+from histograph.errors import UserError
 
 
 def _file_mode() -> int:
@@ -50,10 +54,10 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def _json_default(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
+    if hasattr(obj, "tolist"):  # torch tensors and numpy arrays/scalars
+        return obj.tolist()
     if hasattr(obj, "item"):
         return obj.item()
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
@@ -74,7 +78,9 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
 
 def versions() -> dict[str, str | None]:
     """Versions of the interpreter and the libraries a result depends on."""
+    # imported here, not at module level: the analysis tools use this module without them
     import lightning
+    import torch
     import torch_geometric
 
     return {
@@ -85,6 +91,26 @@ def versions() -> dict[str, str | None]:
         "cuda": torch.version.cuda,
         "git_commit": git_commit(),
     }
+
+
+def prepare_output_dir(path: str | os.PathLike) -> Path:
+    """Create the run folder and check that this process can write into it.
+
+    The write probe has a per-process name (``.write_test.<pid>``): concurrent processes on one
+    folder (DDP ranks, two runs started in the same second) never remove each other's probe.
+
+    :raises UserError: when the folder cannot be created or written.
+    """
+    output_dir = Path(path)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write_test.{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"Cannot write to the output folder {output_dir} ({exc.strerror}); set "
+                        f"hydra.run.dir (or paths.log_dir) to a writable folder.") from exc
+    return output_dir
 
 
 def resolve_threads(threads: int | str | None) -> int | None:
@@ -98,12 +124,8 @@ def resolve_threads(threads: int | str | None) -> int | None:
         return None
     if isinstance(threads, str):
         if threads != "auto":
-            from histograph.errors import UserError
-
             raise UserError(f"threads must be a positive integer or 'auto', got {threads!r}.")
         return 1 if (os.cpu_count() or 1) <= 4 else None
     if int(threads) < 1:
-        from histograph.errors import UserError
-
         raise UserError(f"threads must be a positive integer or 'auto', got {threads!r}.")
     return int(threads)

@@ -7,7 +7,7 @@ For each dataset and depth, three variants run side by side in this process, int
   ``torch.optim.Adam(model.parameters(), lr)`` with its defaults,
   ``zero_grad / forward / cross_entropy / backward / step`` and ``float(loss)`` per batch, the
   StepLR step, then accuracy on the validation and test graphs. Same model (built by
-  ``histograph.nn.model.build_model`` from the same config and seed), same data (the fold-0
+  ``histograph.tasks.graph.build_graph_model`` from the same config and seed), same data (the fold-0
   holdout split of ``GraphDataModule``), same batch sizes (``data.batch_size``,
   ``data.eval_batch_size``).
 * ``train.py``: ``histograph.train.run`` on the config ``python train.py`` composes (Hydra +
@@ -45,14 +45,10 @@ class BareLoop:
         from hydra.utils import instantiate
         from torch_geometric.loader import DataLoader
 
-        from histograph.nn.model import build_model
+        from histograph.tasks.graph import build_graph_model
 
         self.cfg, self.dm, self.fast = cfg, dm, fast
-        data = dm.data
-        self.build = lambda: build_model(
-            instantiate(cfg.model), instantiate(cfg.readout), instantiate(cfg.head),
-            in_channels=data.num_features, out_channels=data.num_outputs,
-            edge_dim=data.edge_dim, encoder=data.encoder)
+        self.build = lambda: build_graph_model(cfg, dm.data)
         if fast:  # the framework's loaders and optimizer
             self.train_loader = dm.train_dataloader()
             self.eval_loaders = dm.val_dataloader()
@@ -142,11 +138,10 @@ def main() -> None:
                          f"trainer.max_epochs={args.epochs}", "trainer.enable_progress_bar=false",
                          "trainer.accelerator=cpu", "logger=csv", f"threads={threads}",
                          *args.override]
-            from histograph.train import build_datamodule
+            from histograph.tasks import build_task
 
             cfg = compose(overrides, output_dir=tempfile.gettempdir(), data_dir=args.data_dir)
-            dm = build_datamodule(cfg)
-            dm.setup("fit")
+            dm = build_task(cfg).datamodule(cfg)
             bare, fast = BareLoop(cfg, dm, fast=False), BareLoop(cfg, dm, fast=True)
             samples = interleave({
                 "bare": lambda: bare.epochs(args.epochs),

@@ -54,6 +54,25 @@ def graph_sizes(name: str, data_dir: str | None) -> np.ndarray:
                      f"folder with TUDataset/{name}/raw.")
 
 
+def as_readout(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` as the readout contract wants it: a readout of an older revision (a plain
+    module returning the embeddings) is wrapped so ``return_layer_weights`` is accepted."""
+    from histograph.nn.readouts.base import Readout
+
+    if isinstance(module, Readout):
+        return module
+
+    class Legacy(Readout):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__(inner.in_channels, inner.history_len, inner.out_channels)
+            self.inner = inner
+
+        def forward(self, history, batch, num_graphs):
+            return self.inner(history, batch, num_graphs)
+
+    return Legacy(module)
+
+
 def readout_factory(name: str):
     """``(in_channels, history_len) -> module`` for a readout config name, or for
     ``histograph@<git revision>``: the HISTOGRAPH readout as that commit wrote it (read with
@@ -170,13 +189,13 @@ def training_step_table(args) -> list[dict]:
     """Full training steps (fwd, loss, bwd, optimizer) of GIN-5 + each readout on PROTEINS."""
     from hydra.utils import instantiate
 
-    from histograph.nn.model import build_model
-    from histograph.train import build_datamodule
+    from histograph.nn.model import GraphClassifier
+    from histograph.tasks import build_task
+    from histograph.tasks.graph import build_graph_model
 
     cfg = compose(["dataset=proteins", "model.layers=5"], output_dir=tempfile.gettempdir(),
                   data_dir=args.data_dir)
-    dm = build_datamodule(cfg)
-    dm.setup("fit")
+    dm = build_task(cfg).datamodule(cfg)
     data = dm.data
     batches = list(dm.train_dataloader())
     models, opts = {}, {}
@@ -184,10 +203,10 @@ def training_step_table(args) -> list[dict]:
         rc = compose(["dataset=proteins", "model.layers=5", f"readout={r.split('@')[0]}"],
                      output_dir=tempfile.gettempdir(), data_dir=args.data_dir)
         torch.manual_seed(0)
-        models[r] = build_model(instantiate(rc.model), readout_factory(r),
-                                instantiate(rc.head), in_channels=data.num_features,
-                                out_channels=data.num_outputs, edge_dim=data.edge_dim,
-                                encoder=data.encoder).train()
+        net = build_graph_model(rc, data)  # backbone and head; the readout as the name says
+        readout = as_readout(readout_factory(r)(in_channels=net.backbone.hidden_channels,
+                                                history_len=net.backbone.num_layers + 1))
+        models[r] = GraphClassifier(net.backbone, readout, net.head).train()
         opts[r] = instantiate(rc.optimizer)(params=models[r].parameters())
 
     def epoch(r: str) -> float:

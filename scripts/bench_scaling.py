@@ -30,16 +30,18 @@ from _bench import clock, compose, header, median, peak_tensor_bytes, set_thread
 
 
 def build(readout: str, layers: int, in_channels: int, out_channels: int, data_dir=None):
+    from types import SimpleNamespace
+
     from hydra.utils import instantiate
 
-    from histograph.nn.model import build_model
+    from histograph.tasks.graph import build_graph_model
 
     cfg = compose([f"readout={readout}", f"model.layers={layers}"],
                   output_dir=tempfile.gettempdir(), data_dir=data_dir)
     torch.manual_seed(0)
-    model = build_model(instantiate(cfg.model), instantiate(cfg.readout), instantiate(cfg.head),
-                        in_channels=in_channels, out_channels=out_channels, edge_dim=None,
-                        encoder="linear").train()
+    data = SimpleNamespace(num_features=in_channels, num_outputs=out_channels, edge_dim=None,
+                           encoder="linear")
+    model = build_graph_model(cfg, data).train()
     return model, instantiate(cfg.optimizer)(params=model.parameters())
 
 
@@ -81,11 +83,10 @@ def fit_line(xs: list[float], ys: list[float], from_x: float = 8
 
 
 def depth_table(args) -> None:
-    from histograph.train import build_datamodule
+    from histograph.tasks import build_task
 
     cfg = compose(["dataset=proteins"], output_dir=tempfile.gettempdir(), data_dir=args.data_dir)
-    dm = build_datamodule(cfg)
-    dm.setup("fit")
+    dm = build_task(cfg).datamodule(cfg)
     loader = dm.train_dataloader()
     batches = [b for _, b in zip(range(args.batches), loader)]
     rows, series = [], {r: [] for r in args.readouts}

@@ -37,13 +37,15 @@ def stamp(name):
     wall[name], cpu[name] = time.time(), time.process_time()
 
 stamp("interpreter")
+import histograph.cli as cli
 import histograph.train as ht
+from histograph.tasks.graph import GraphTask
 stamp("import histograph.train")
-orig_dm, orig_trainer = ht.build_datamodule, ht.build_trainer
+orig_dm, orig_trainer = GraphTask.datamodule, ht.build_trainer
 
-def build_datamodule(cfg):
+def build_datamodule(self, cfg):
     stamp("compose + imports in run()")
-    return orig_dm(cfg)
+    return orig_dm(self, cfg)
 
 def build_trainer(cfg, callbacks, loggers, output_dir):
     import lightning.pytorch as pl
@@ -58,9 +60,9 @@ def build_trainer(cfg, callbacks, loggers, output_dir):
 
     return orig_trainer(cfg, [*callbacks, First()], loggers, output_dir)
 
-ht.build_datamodule, ht.build_trainer = build_datamodule, build_trainer
+GraphTask.datamodule, ht.build_trainer = build_datamodule, build_trainer
 sys.argv = ["train.py", *sys.argv[2:]]
-ht.main()
+cli.main()
 """
 
 

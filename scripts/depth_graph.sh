@@ -17,12 +17,12 @@ for ds in $DATASETS; do
     sweep="depth_${ds}"
     $PY train.py -m experiment=depth_sweep sweep_name="$sweep" dataset="$ds" model=gin,gcn
   fi
-  $PY -m histograph.plot "logs/sweeps/$sweep" --out "results/depth/$ds"
+  $PY -m histograph.analysis.plot "logs/sweeps/$sweep" --out "results/depth/$ds"
 done
 if [[ "${REDUCED:-0}" == "1" ]]; then
   # the second reduced sweep of results/depth: PROTEINS, plain GCN, folds 0-2, 10 epochs
   $PY train.py -m experiment=depth_sweep sweep_name=depth_proteins_gcn_3f10e dataset=proteins \
     model=gcn model.layers=2,8,32,64 fold=0,1,2 trainer.max_epochs=10 threads=1 \
     trainer.enable_progress_bar=false
-  $PY -m histograph.plot logs/sweeps/depth_proteins_gcn_3f10e --out results/depth/proteins_gcn_3folds
+  $PY -m histograph.analysis.plot logs/sweeps/depth_proteins_gcn_3f10e --out results/depth/proteins_gcn_3folds
 fi

@@ -3,7 +3,7 @@
 # classifier vs HISTOGRAPH's layer-wise stage per node, public split, best-validation epoch.
 #   scripts/depth_node.sh            # the full study: 3 datasets x 6 depths x 2 readouts x 10 seeds
 #   REDUCED=1 scripts/depth_node.sh  # what results/depth/node ran on a 2-core CPU (see its README)
-# Tables and plots go to results/depth/node/ (python -m histograph.plot --out ...).
+# Tables and plots go to results/depth/node/ (python -m histograph.analysis.plot --out ...).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 SWEEP=${SWEEP:-node_depth}
@@ -19,4 +19,4 @@ if [[ "${REDUCED:-0}" == "1" ]]; then
 else
   $PY train.py -m experiment=node_depth sweep_name="$SWEEP"
 fi
-$PY -m histograph.plot "logs/sweeps/$SWEEP" --out "$OUT"
+$PY -m histograph.analysis.plot "logs/sweeps/$SWEEP" --out "$OUT"

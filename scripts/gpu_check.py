@@ -56,14 +56,16 @@ def synthetic_batch(mean_nodes: float, graphs: int, seed: int, device: str,
 
 
 def build(readout: str, layers: int, device: str):
+    from types import SimpleNamespace
+
     from hydra.utils import instantiate
 
-    from histograph.nn.model import build_model
+    from histograph.tasks.graph import build_graph_model
 
     cfg = compose([f"readout={readout}", f"model.layers={layers}"])
     torch.manual_seed(0)
-    model = build_model(instantiate(cfg.model), instantiate(cfg.readout), instantiate(cfg.head),
-                        in_channels=8, out_channels=2, edge_dim=None, encoder="linear")
+    model = build_graph_model(cfg, SimpleNamespace(num_features=8, num_outputs=2, edge_dim=None,
+                                                   encoder="linear"))
     model = model.to(device).train()
     return model, instantiate(cfg.optimizer)(params=model.parameters())
 

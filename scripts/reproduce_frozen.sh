@@ -32,7 +32,7 @@ for protocol in $PROTOCOLS; do
       "backbone_ckpt='$ckpt'" "protocol=$protocol" "fold=$fold" "hydra.run.dir=$b"
   done
   for stage in backbone frozen; do
-    "$PY" -m histograph.aggregate "$RUNS_DIR/${stage}_$protocol" \
+    "$PY" -m histograph.analysis.aggregate "$RUNS_DIR/${stage}_$protocol" \
       --out "$OUT_DIR/${stage}_$protocol" > /dev/null
   done
 done

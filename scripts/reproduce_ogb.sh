@@ -24,6 +24,6 @@ for dataset in $DATASETS; do
   "$PY" train.py -m experiment=paper_ogb "dataset=$dataset" "readout=$READOUTS" "seed=$SEEDS" \
     "trainer.max_epochs=$EPOCHS" trainer.enable_progress_bar=false logger=csv \
     "hydra.sweep.dir=$sweep" $EXTRA
-  "$PY" -m histograph.aggregate "$sweep" --out "$OUT_DIR/$dataset" > /dev/null
+  "$PY" -m histograph.analysis.aggregate "$sweep" --out "$OUT_DIR/$dataset" > /dev/null
 done
 "$PY" scripts/reproduce_tables.py ogb --runs "$RUNS_DIR" --out "$OUT_DIR"

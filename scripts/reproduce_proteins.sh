@@ -27,4 +27,4 @@ fold_list=$(echo $FOLDS | tr ' ' ',')
 "$PY" train.py -m experiment=paper_tu dataset=proteins readout=histograph "ablation=$ABLATIONS" \
   "fold=$fold_list" "trainer.max_epochs=$EPOCHS" data.eval_batch_size=64 \
   trainer.enable_progress_bar=false logger=csv "hydra.sweep.dir=$RUNS_DIR/ablation"
-"$PY" -m histograph.aggregate "$RUNS_DIR/ablation" --out "$OUT_DIR/ablation"
+"$PY" -m histograph.analysis.aggregate "$RUNS_DIR/ablation" --out "$OUT_DIR/ablation"

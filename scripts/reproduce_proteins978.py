@@ -36,7 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from histograph.aggregate import gin_selection, markdown_table  # noqa: E402
+from histograph.analysis.aggregate import gin_selection, markdown_table  # noqa: E402
 from histograph.nested import compose_job, run_job  # noqa: E402
 from histograph.nn.readouts.histograph import HistographReadout  # noqa: E402
 from histograph.utils import atomic_write_json, atomic_write_text  # noqa: E402
@@ -66,14 +66,9 @@ def batch_wide_node_attention(enabled: bool) -> Iterator[None]:
 
 def load_model(cfg, checkpoint: str, dm) -> torch.nn.Module:
     """Rebuild the network of ``cfg`` and load the weights of a Lightning checkpoint."""
-    from hydra.utils import instantiate
+    from histograph.tasks.graph import build_graph_model
 
-    from histograph.nn.model import build_model
-
-    data = dm.data
-    model = build_model(instantiate(cfg.model), instantiate(cfg.readout), instantiate(cfg.head),
-                        in_channels=data.num_features, out_channels=data.num_outputs,
-                        edge_dim=data.edge_dim, encoder=data.encoder)
+    model = build_graph_model(cfg, dm.data)
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
     model.load_state_dict({k[len("model."):]: v for k, v in state.items()
                            if k.startswith("model.")})
@@ -104,7 +99,7 @@ def accuracy(model: torch.nn.Module, graphs, order: str, seeds: int = 5) -> floa
 
 
 def probe(variant: str, fold: int, epochs: int, runs: Path, extra: list[str]) -> dict[str, Any]:
-    from histograph.train import build_datamodule
+    from histograph.tasks import build_task
 
     _, overrides, wide = VARIANTS[variant]
     job = runs / variant / f"fold_{fold}"
@@ -113,10 +108,11 @@ def probe(variant: str, fold: int, epochs: int, runs: Path, extra: list[str]) ->
                  "data.eval_batch_size=64", "logger=none", "trainer.enable_progress_bar=false",
                  *overrides, *extra]
     with batch_wide_node_attention(wide):
-        res = run_job(overrides, job, compose_job)
+        res = run_job(overrides, job, compose_job).results
+        if res is None:
+            raise SystemExit(f"error: the job in {job} failed; see its failed.json")
         cfg = compose_job(overrides, job)
-        dm = build_datamodule(cfg)
-        dm.setup("fit")
+        dm = build_task(cfg).datamodule(cfg)
         test = dm.subset("test")
         labels = test.y.view(-1)
         # only the validation-selected weights are kept on disk (checkpoints/best-*.ckpt)

@@ -41,7 +41,7 @@ for dataset in $DATASETS; do
     "$PY" train.py -m experiment=paper_tu "dataset=$dataset" "protocol=$protocol" \
       "readout=$READOUTS" "fold=$FOLDS" "trainer.max_epochs=$EPOCHS" \
       trainer.enable_progress_bar=false logger=csv "hydra.sweep.dir=$sweep" $EXTRA
-    "$PY" -m histograph.aggregate "$sweep" --out "$OUT_DIR/${dataset}_${protocol}" > /dev/null
+    "$PY" -m histograph.analysis.aggregate "$sweep" --out "$OUT_DIR/${dataset}_${protocol}" > /dev/null
   done
 done
 "$PY" scripts/reproduce_tables.py tu --runs "$RUNS_DIR" --out "$OUT_DIR"

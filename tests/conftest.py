@@ -108,6 +108,23 @@ def make_cfg(overrides: list[str], output_dir: Path, data_dir: Path,
     return cfg
 
 
+def build_datamodule(cfg: DictConfig):
+    """The task's set-up DataModule of ``cfg`` (as ``histograph.train.run`` builds it)."""
+    from histograph.tasks import build_task
+
+    return build_task(cfg).datamodule(cfg)
+
+
+def build_parts(cfg: DictConfig):
+    """The project's own builders, as ``histograph.train.run`` calls them: ``(task, dm, net)``
+    with the DataModule set up and ``net.model`` the network (untrained)."""
+    from histograph.tasks import build_task
+
+    task = build_task(cfg)
+    dm = task.datamodule(cfg)
+    return task, dm, task.network(cfg, dm)
+
+
 @pytest.fixture
 def cfg_factory(tmp_path, data_dir):
     """``cfg_factory(overrides)`` -> composed config writing into this test's tmp dir."""

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from histograph.aggregate import aggregate, gin_selection, main
-from histograph.sweeps.callbacks import AggregateOnMultirunEnd
+from histograph.analysis.aggregate import aggregate, gin_selection, main
+from histograph.sweeps.callbacks import ReportOnMultirunEnd
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -194,11 +194,11 @@ def test_cli_and_user_errors(holdout_sweep, tmp_path, capsys):
 
 def test_multirun_end_callback_writes_the_tables(holdout_sweep, capsys):
     cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(holdout_sweep)}}})
-    AggregateOnMultirunEnd().on_multirun_end(cfg)
+    ReportOnMultirunEnd(plots=False).on_multirun_end(cfg)
     assert (holdout_sweep / "summary.md").exists()
     assert "aggregated 6 jobs into 2 rows (2 failed or missing)" in capsys.readouterr().out
     # a broken sweep dir is logged, never raised (the jobs' results must survive)
-    AggregateOnMultirunEnd().on_multirun_end(
+    ReportOnMultirunEnd(plots=False).on_multirun_end(
         OmegaConf.create({"hydra": {"sweep": {"dir": str(holdout_sweep / "missing")}}}))
 
 

@@ -97,11 +97,9 @@ def test_meter_accumulates_over_batches_and_masks():
 def test_results_hold_diagnostics_of_the_best_checkpoint(cfg_factory, tmp_path):
     """results.json stores one value per history entry, logged to the CSV too, and they are
     the values of the selected (best-validation) checkpoint on the validation graphs."""
-    from hydra.utils import instantiate
     from torch_geometric.loader import DataLoader
 
-    from histograph.nn.model import build_model
-    from histograph.train import build_datamodule
+    from tests.conftest import build_parts
 
     cfg = cfg_factory(["model.layers=3", "model.hidden=16", "readout=mean",
                        "trainer.max_epochs=3"])
@@ -117,12 +115,8 @@ def test_results_hold_diagnostics_of_the_best_checkpoint(cfg_factory, tmp_path):
     logged = [r for r in rows if r.get("val/dirichlet_energy/0")]
     assert logged and float(logged[-1]["val/mad/3"]) == pytest.approx(saved["mad"][3])
 
-    dm = build_datamodule(cfg)
-    dm.setup()
-    data = dm.data
-    model = build_model(instantiate(cfg.model), instantiate(cfg.readout), instantiate(cfg.head),
-                        in_channels=data.num_features, out_channels=data.num_outputs,
-                        edge_dim=data.edge_dim, encoder=data.encoder)
+    _, dm, net = build_parts(cfg)
+    model = net.model
     state = torch.load(res["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
     model.load_state_dict({k[len("model."):]: v for k, v in state.items()
                            if k.startswith("model.")})

@@ -46,13 +46,12 @@ def _fails(cfg, match: str, out: Path) -> UserError:
     (["fold=10"], r"fold=10 is outside 0\.\.9"),
     (["fold=-1"], r"fold must be an integer >= 0"),
     (["protocol.name=kfold"], r"Unknown protocol 'kfold'; valid names: .*holdout"),
-    (["mode=finetune"], r"Unknown mode 'finetune'; valid names: end_to_end, frozen"),
     (["optimizer.lr=abc"], r"optimizer\.lr must be a positive number, got 'abc'"),
     (["protocol.val_fraction=0.001"], r"protocol\.val_fraction=0\.001 cannot hold out a "
                                       r"stratified validation set"),
     (["protocol.folds=200"], r"fewer than the 200 folds"),
 ], ids=["layers0", "layers-neg", "layers-abc", "heads", "fold-high", "fold-neg", "protocol",
-        "mode", "lr-type", "val-fraction-empty", "too-many-folds"])
+        "lr-type", "val-fraction-empty", "too-many-folds"])
 def test_bad_config_value(overrides, match, cfg_factory, tmp_path):
     _fails(cfg_factory(SMALL + overrides), match, tmp_path / "run")
 
@@ -75,9 +74,10 @@ def test_unwritable_output_dir(cfg_factory, tmp_path):
 # ----------------------------------------------------------------------------- Hydra group names
 @pytest.mark.parametrize("override, group", [
     ("dataset=mutagg", "dataset"), ("model=gim", "model"), ("readout=histogram", "readout"),
-    ("protocol=kfold", "protocol"), ("hydra/launcher=slurmm", "hydra/launcher")])
+    ("protocol=kfold", "protocol"), ("hydra/launcher=slurmm", "hydra/launcher"),
+    ("mode=finetune", "mode"), ("task=edge", "task")])
 def test_unknown_group_name_lists_valid_names(override, group, monkeypatch, capsys, tmp_path):
-    from histograph.train import main
+    from histograph.cli import main
 
     monkeypatch.setattr(sys, "argv", ["train.py", override, f"hydra.run.dir={tmp_path}/run"])
     with pytest.raises(SystemExit) as info:

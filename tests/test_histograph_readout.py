@@ -1,4 +1,7 @@
-"""Tests for the HISTOGRAPH readout (histograph/nn/readouts/histograph.py)."""
+"""Tests for the HISTOGRAPH readout (histograph/nn/readouts/histograph.py).
+
+Long file: one float64 per-graph reference implementation that every test compares against.
+"""
 
 from __future__ import annotations
 
@@ -108,13 +111,13 @@ def test_matches_per_graph_reference(cfg: dict) -> None:
     gen = torch.Generator().manual_seed(3)
     weights = torch.randn(len(SIZES), D, dtype=torch.float64, generator=gen)
 
-    out = mod(x, batch, num_graphs=len(SIZES))
+    out, w = mod(x, batch, num_graphs=len(SIZES), return_layer_weights=True)
     ref, alpha, _ = reference(mod, x, batch, len(SIZES))
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     if alpha is None:
-        assert mod.last_layer_weights is None
+        assert w is None
     else:
-        torch.testing.assert_close(mod.last_layer_weights, alpha.detach(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(w, alpha.detach(), atol=1e-5, rtol=1e-5)
 
     grads = torch.autograd.grad((out * weights).sum(), [x, *params], allow_unused=True)
     ref_grads = torch.autograd.grad((ref * weights).sum(), [x, *params], allow_unused=True)
@@ -159,8 +162,7 @@ def test_layer_weights_sum_to_one(normalization: str, scope: str) -> None:
     for guard, eps in (("relative", 0.01), ("absolute", 1e-12)):
         mod = make_module(normalization=normalization, scope=scope, guard=guard, eps=eps)
         x, batch = make_data(SIZES)
-        mod(x, batch)
-        w = mod.last_layer_weights
+        w = mod(x, batch, return_layer_weights=True)[1]
         assert w.shape == (len(SIZES), L) and not w.requires_grad
         torch.testing.assert_close(w.sum(-1), torch.ones(len(SIZES), dtype=w.dtype))
     if normalization == "softmax":
@@ -173,8 +175,7 @@ def test_signed_weights_can_be_negative() -> None:
     x, batch = make_data(SIZES)
     for seed in range(20):
         mod = make_module(seed=seed)
-        mod(x, batch)
-        if (mod.last_layer_weights < 0).any():
+        if (mod(x, batch, return_layer_weights=True)[1] < 0).any():
             return
     pytest.fail("no negative signed layer weight in 20 seeds")
 
@@ -194,8 +195,7 @@ def test_signed_weights_invariant_to_negating_scores(eps: float) -> None:
     # guard is active for every graph, so this checks that it keeps the sign of the sum.
     mod = make_module(eps=eps, guard="absolute")
     x, batch = make_data(SIZES)
-    out = mod(x, batch)
-    w = mod.last_layer_weights
+    out, w = mod(x, batch, return_layer_weights=True)
     _, alpha, c = reference(mod, x, batch, len(SIZES))
     torch.testing.assert_close(w, alpha, atol=1e-5, rtol=1e-5)  # pos_enc is float32-exact only
     if eps > 1:
@@ -203,21 +203,23 @@ def test_signed_weights_invariant_to_negating_scores(eps: float) -> None:
         torch.testing.assert_close(w.sum(-1), c.sum(-1).abs() / eps, atol=1e-8, rtol=1e-5)
     with torch.no_grad():
         mod.layer_key.weight.neg_()
-    out_neg = mod(x, batch)
+    out_neg, w_neg = mod(x, batch, return_layer_weights=True)
     assert (c.sum(-1) < 0).any() or eps < 1  # both signs of the sum are exercised
-    torch.testing.assert_close(mod.last_layer_weights, w)
+    torch.testing.assert_close(w_neg, w)
     torch.testing.assert_close(out_neg, out)
 
 
 def _assert_finite_forward_backward(mod: HistographReadout, x: torch.Tensor, batch: torch.Tensor,
-                                    num_graphs: int | None = None) -> torch.Tensor:
+                                    num_graphs: int | None = None
+                                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The readout's output and layer weights, after checking both passes are finite."""
     x = x.detach().requires_grad_(True)
-    out = mod(x, batch, num_graphs)
+    out, layer_weights = mod(x, batch, num_graphs, return_layer_weights=True)
     assert torch.isfinite(out).all()
     weights = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(0))
     grads = torch.autograd.grad((out * weights).sum(), [x, *mod.parameters()], allow_unused=True)
     assert all(g is None or torch.isfinite(g).all() for g in grads)
-    return out
+    return out, layer_weights
 
 
 def _cancel_scores(mod: HistographReadout, offset: float = 0.0) -> HistographReadout:
@@ -241,12 +243,11 @@ def test_zero_score_sum_is_finite(dtype: torch.dtype) -> None:
     mod = make_module().to(dtype)
     with torch.no_grad():
         mod.layer_query.weight.zero_()
-    _assert_finite_forward_backward(mod, x, batch)
-    assert torch.equal(mod.last_layer_weights, torch.zeros_like(mod.last_layer_weights))
+    _, w = _assert_finite_forward_backward(mod, x, batch)
+    assert torch.equal(w, torch.zeros_like(w))
     # (b) nonzero scores that cancel: X~ = P, W_Q = I, W_K = P_{L-1} b^T, b orthogonal to sum P.
     mod = _cancel_scores(make_module().to(dtype))
-    _assert_finite_forward_backward(mod, x, batch)
-    w = mod.last_layer_weights
+    _, w = _assert_finite_forward_backward(mod, x, batch)
     assert torch.isfinite(w).all() and w.abs().max() > 1.0
     if dtype == torch.float64:
         assert (w.sum(-1).abs() < 0.5).all()  # |sum c| < eps: the guard was hit
@@ -256,16 +257,16 @@ def test_zero_score_sum_is_finite(dtype: torch.dtype) -> None:
 def test_history_lengths(history_len: int) -> None:
     mod = make_module(history_len=history_len)
     x, batch = make_data(SIZES, history_len=history_len)
-    out = _assert_finite_forward_backward(mod, x, batch)
+    out, w = _assert_finite_forward_backward(mod, x, batch)
     assert out.shape == (len(SIZES), D)
-    assert mod.last_layer_weights.shape == (len(SIZES), history_len)
+    assert w.shape == (len(SIZES), history_len)
 
 
 def test_tiny_and_large_graph_in_one_batch() -> None:
     torch.manual_seed(0)
     mod = HistographReadout(D, L, heads=HEADS).eval()
     x, batch = make_data([1, 2000], dtype=torch.float32)
-    out = _assert_finite_forward_backward(mod, x, batch, num_graphs=2)
+    out, _ = _assert_finite_forward_backward(mod, x, batch, num_graphs=2)
     alone = mod(x[:1], torch.zeros(1, dtype=torch.long), 1)
     torch.testing.assert_close(out[:1], alone, atol=1e-5, rtol=1e-5)
 
@@ -285,9 +286,9 @@ def test_empty_graph_gives_zero_row(scope: str, naive_attention: bool,
         monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", _naive_sdpa)
     mod = make_module(scope=scope)
     x, batch = make_data([2, 0, 3])
-    out = _assert_finite_forward_backward(mod, x, batch, num_graphs=3)
+    out, w = _assert_finite_forward_backward(mod, x, batch, num_graphs=3)
     assert torch.equal(out[1], torch.zeros(D, dtype=out.dtype))
-    assert torch.isfinite(mod.last_layer_weights).all()
+    assert torch.isfinite(w).all()
 
 
 @pytest.mark.parametrize("normalization", ["signed", "softmax"])
@@ -360,7 +361,7 @@ def test_repr() -> None:
 @pytest.mark.parametrize("kwargs, match", [
     (dict(heads=3), "divisor"),
     (dict(normalization="sum"), "signed, softmax"),
-    (dict(scope="node"), "graph, batch"),
+    (dict(scope="node"), "batch, graph"),
     (dict(projection="per_node"), "per_layer, shared"),
     (dict(history_len=0), "history_len"),
     (dict(eps=0.0), "eps"),
@@ -378,8 +379,7 @@ def test_relative_guard_bounds_the_weights() -> None:
     x, batch = make_data(SIZES, dtype=torch.float64)
     for guard, eps in (("relative", 0.01), ("absolute", 1e-9)):
         mod = _cancel_scores(make_module(guard=guard, eps=eps).double(), offset=1e-7)
-        _assert_finite_forward_backward(mod, x, batch)
-        w = mod.last_layer_weights
+        _, w = _assert_finite_forward_backward(mod, x, batch)
         if guard == "relative":
             assert w.abs().max() <= 1 / eps + 1e-6
         else:  # unguarded in practice: the weights still sum to one, but explode

@@ -20,7 +20,7 @@ def test_graph_readout_is_the_mean_of_node_states():
     readout = HistographReadout(8, 4, heads=2).eval()
     history = [torch.randn(9, 8) for _ in range(4)]
     batch = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
-    z = readout.node_states(history, batch, 3)
+    z = readout.nodes(history, batch, 3)
     assert z.shape == (9, 8)
     assert torch.allclose(readout(history, batch, 3),
                           scatter(z, batch, dim=0, dim_size=3, reduce="mean"), atol=1e-6)
@@ -38,18 +38,10 @@ def test_planetoid_public_split(data_dir):
 
 def _accuracy_of_checkpoint(cfg, ckpt: str) -> dict[str, float]:
     """Re-evaluate a saved node model on the masks, independently of Lightning."""
-    from hydra.utils import instantiate
+    from tests.conftest import build_parts
 
-    from histograph.nn.node_model import build_node_model
-    from histograph.train import build_datamodule
-
-    dm = build_datamodule(cfg)
-    dm.setup()
-    node = cfg.get("node") or {}
-    model = build_node_model(instantiate(cfg.model), instantiate(cfg.readout),
-                             instantiate(cfg.head), dm.data.num_features, dm.data.num_outputs,
-                             input_dropout=node.get("input_dropout", 0.0),
-                             include_input=node.get("include_input", True))
+    _, dm, net = build_parts(cfg)
+    model = net.model
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     model.load_state_dict({k[len("model."):]: v for k, v in state.items()
                            if k.startswith("model.")})
@@ -91,7 +83,7 @@ def test_node_run_selects_on_validation_and_scores_the_masks(readout, cfg_factor
 @cora
 def test_both_histograph_stages_over_all_nodes(cfg_factory):
     res = run(cfg_factory(["task=node", "readout=histograph", "model.layers=2",
-                           "model.hidden=16", "trainer.max_epochs=1", "node.include_input=true"]))
+                           "model.hidden=16", "trainer.max_epochs=1", "task.include_input=true"]))
     assert res["readout"] == "histograph" and len(res["layer_weights"]) == 3
     assert res["readout_history_start"] == 0
 
@@ -109,7 +101,7 @@ def test_early_stopping_keeps_best_validation_epoch(cfg_factory):
     (["dataset=cora"], "add task=node"),
     (["task=node", "mode=frozen"], "graph classification only"),
     pytest.param(["task=node", "readout=mean"], "cannot classify nodes", marks=cora),
-    pytest.param(["task=node", "node.input_dropout=1.5"], "input_dropout", marks=cora),
+    pytest.param(["task=node", "task.input_dropout=1.5"], "input_dropout", marks=cora),
 ])
 def test_user_errors(overrides, message, cfg_factory):
     with pytest.raises(UserError, match=message):

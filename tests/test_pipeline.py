@@ -61,7 +61,7 @@ def test_backbones_train(model, cfg_factory):
 def test_ogb_metric_equals_evaluator(cfg_factory, tmp_path):
     from ogb.graphproppred import Evaluator
 
-    from histograph.train import build_datamodule
+    from tests.conftest import build_parts
 
     cfg = cfg_factory(["dataset=ogbg_molbace", "model=gine", "model.layers=2",
                        "model.hidden=16", "trainer.max_epochs=1"])
@@ -69,16 +69,9 @@ def test_ogb_metric_equals_evaluator(cfg_factory, tmp_path):
     res = run(cfg)
     assert res["metric"] == "rocauc" and res["fold"] is None
     # recompute the test ROC-AUC of the selected checkpoint with the official Evaluator
-    dm = build_datamodule(cfg)
-    dm.setup()
+    _, dm, net = build_parts(cfg)
     ckpt = torch.load(res["checkpoint"], map_location="cpu", weights_only=True)
-    from hydra.utils import instantiate
-
-    from histograph.nn.model import build_model
-
-    model = build_model(instantiate(cfg.model), instantiate(cfg.readout), instantiate(cfg.head),
-                        in_channels=dm.data.num_features, out_channels=dm.data.num_outputs,
-                        edge_dim=dm.data.edge_dim, encoder=dm.data.encoder)
+    model = net.model
     model.load_state_dict({k[len("model."):]: v for k, v in ckpt["state_dict"].items()
                            if k.startswith("model.")})
     model.eval()

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from histograph.errors import UserError
-from histograph.plot import (DIAGNOSTICS_FILE, depth_markdown, depth_table, layer_weight_grid,
-                             main, plot)
+from histograph.analysis.plot import (DIAGNOSTICS_FILE, depth_markdown, depth_table,
+                                      layer_weight_grid, main, plot)
 
 TEST = {("mean", 2, 0): 0.70, ("mean", 2, 1): 0.74, ("mean", 8, 0): 0.60, ("mean", 8, 1): 0.50,
         ("histograph", 2, 0): 0.72, ("histograph", 2, 1): 0.76, ("histograph", 8, 0): 0.71,
@@ -52,7 +52,7 @@ def _fake_sweep(root: Path, logger: dict | None = None) -> Path:
 
 
 def test_depth_table_is_mean_and_population_std(tmp_path):
-    from histograph.aggregate import aggregate
+    from histograph.analysis.aggregate import aggregate
 
     jobs = aggregate(_fake_sweep(tmp_path / "sweep"))["jobs"]
     table = depth_table(jobs).set_index(["readout", "layers"])
@@ -131,22 +131,30 @@ def test_wandb_offline_upload_lands_in_the_output_dir(tmp_path, monkeypatch):
     assert b"fake_sweep" in record and b"plots" in record  # group = sweep name, job_type
 
 
-def test_multirun_end_callback_plots_and_never_raises(tmp_path, capsys):
+def test_multirun_end_callback_plots_and_never_raises(tmp_path, capsys, monkeypatch):
     from omegaconf import OmegaConf
 
-    from histograph.plot import PlotOnMultirunEnd
+    from histograph.analysis import aggregate as aggregate_module
+    from histograph.analysis import plot as plot_module
+    from histograph.sweeps.callbacks import ReportOnMultirunEnd
 
     sweep = _fake_sweep(tmp_path / "sweep")
-    callback = PlotOnMultirunEnd(wandb="off")
+    calls = []
+    real = aggregate_module.aggregate
+    counting = lambda *a, **k: calls.append(a) or real(*a, **k)  # noqa: E731
+    monkeypatch.setattr(aggregate_module, "aggregate", counting)
+    monkeypatch.setattr(plot_module, "aggregate", counting)
+    callback = ReportOnMultirunEnd(wandb="off")
     callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
     assert (sweep / "depth_accuracy.png").is_file() and (sweep / "summary.md").is_file()
     assert "plots:" in capsys.readouterr().out
+    assert len(calls) == 1, "the sweep is aggregated once, the plots reuse its tables"
     # a broken sweep dir is logged, not raised: the jobs' results must survive
     callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "x")}}}))
 
 
 def test_another_swept_setting_is_not_averaged_in(tmp_path):
-    from histograph.aggregate import aggregate
+    from histograph.analysis.aggregate import aggregate
 
     sweep = _fake_sweep(tmp_path / "sweep")
     for job in sweep.glob("layers=*"):  # tag the seed-1 jobs as another normalisation

@@ -1,14 +1,8 @@
-"""The `setting` column of scripts/reproduce_tables.py: full vs REDUCED, and what was cut."""
-
-import importlib.util
-from pathlib import Path
+"""The `setting` column of the comparison tables (histograph.analysis.tables): full vs REDUCED."""
 
 import pandas as pd
 
-_SPEC = importlib.util.spec_from_file_location(
-    "reproduce_tables", Path(__file__).resolve().parents[1] / "scripts" / "reproduce_tables.py")
-tables = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(tables)
+from histograph.analysis import tables
 
 
 def test_full_tu_row():

@@ -83,11 +83,10 @@ def test_cache_is_reused_and_rejects_a_mismatched_dataset(tmp_path):
 
 @pytest.mark.parametrize("protocol", ["holdout", "gin", "nested"])
 def test_datamodule_serves_disjoint_splits_of_the_real_data(protocol, cfg_factory):
-    from histograph.train import build_datamodule
+    from tests.conftest import build_datamodule
 
     cfg = cfg_factory([f"protocol={protocol}", "fold=3"])
     dm = build_datamodule(cfg)
-    dm.setup("fit")
     split = {k: set(v.tolist()) for k, v in dm.split.items()}
     n = len(dm.data.dataset)
     assert not split["train"] & split["test"]

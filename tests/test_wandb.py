@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import histograph.train as train_mod
-from histograph.sweeps import jobs
+from histograph.sweeps.names import job_name
+from histograph.training import loggers
 
 pytest.importorskip("wandb")
 
@@ -41,12 +42,21 @@ def read_records(path: Path) -> list:
     return out
 
 
-def offline_run(out: Path) -> tuple[Path, list]:
+def offline_run(out: Path, wait_s: float = 30.0) -> tuple[Path, list]:
+    """The run folder and its records, once the exit record is on disk (W&B's service process
+    may still be flushing the log when ``wandb.finish`` returns, on a loaded machine)."""
+    import time
+
     runs = sorted((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs
     files = list(runs[0].glob("run-*.wandb"))
     assert len(files) == 1
-    return runs[0], read_records(files[0])
+    deadline = time.time() + wait_s
+    records = read_records(files[0])
+    while not of_type(records, "exit") and time.time() < deadline:
+        time.sleep(0.5)
+        records = read_records(files[0])
+    return runs[0], records
 
 
 def of_type(records: list, kind: str) -> list:
@@ -60,7 +70,7 @@ SMALL = ["experiment=depth_sweep_smoke", "logger=wandb_offline", "model.layers=2
 def test_offline_run_in_job_dir_holds_history_and_identity(cfg_factory, tmp_path, monkeypatch):
     import wandb
 
-    monkeypatch.setattr(jobs, "is_multirun", lambda: True)  # as inside `train.py -m`
+    monkeypatch.setattr(loggers, "is_multirun", lambda: True)  # as inside `train.py -m`
     cfg = cfg_factory(SMALL)
     res = train_mod.run(cfg)
     assert wandb.run is None, "the run must be finished before the next job starts"
@@ -70,7 +80,7 @@ def test_offline_run_in_job_dir_holds_history_and_identity(cfg_factory, tmp_path
     run = of_type(records, "run")[0].run
     assert run.run_group == "depth_sweep_smoke"  # the sweep name
     assert run.job_type == "histograph"  # the readout
-    assert run.display_name == jobs.job_name()  # from the overrides
+    assert run.display_name == job_name()  # from the overrides
     assert "model.layers=2" in run.display_name
     assert "depth_sweep_smoke" in run.tags
 

@@ -8,6 +8,8 @@ validation set exists (``holdout``), is absent (``gin``) or is the dataset's own
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 from pathlib import Path
 from typing import Callable
@@ -20,9 +22,9 @@ from histograph.data.collate import CachedGraphLoader, unsupported_reason
 from histograph.data.graphs import GraphData
 from histograph.data.mirror import load_into
 from histograph.data.splits import load_or_make_folds
-from histograph.errors import UserError, unknown_choice
+from histograph.config import GRAPH_PROTOCOLS as PROTOCOLS
+from histograph.errors import UserError, invalid_choice
 
-PROTOCOLS = ("holdout", "gin", "ogb", "nested")
 LOADERS = ("auto", "cached", "pyg")
 
 
@@ -59,14 +61,18 @@ class GraphDataModule(pl.LightningDataModule):
                  bucket_by_size: bool = False, bucket_window: int = 64) -> None:
         super().__init__()
         if protocol not in PROTOCOLS:
-            raise unknown_choice("protocol", protocol, PROTOCOLS)
+            raise invalid_choice("protocol", protocol, PROTOCOLS)
         if loader not in LOADERS:
-            raise unknown_choice("data.loader", loader, LOADERS)
+            raise invalid_choice("loader", loader, LOADERS)
         if bucket_by_size and loader == "pyg":
-            raise UserError("data.bucket_by_size=true needs the cached loader; set "
-                            "data.loader=auto (or cached).")
-        if int(batch_size) < 1:
-            raise UserError(f"data.batch_size must be a positive integer, got {batch_size!r}.")
+            raise ValueError("bucket_by_size=true needs the cached loader; set loader=auto (or "
+                             "cached).")
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
+                            ("folds", folds), ("bucket_window", bucket_window)):
+            if value is not None and (isinstance(value, bool) or int(value) < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if protocol != "ogb" and not 0 <= int(fold) < int(folds):
+            raise ValueError(f"fold={fold} is outside 0..{int(folds) - 1} (folds={folds}).")
         self.loader = dataset
         self.data_dir = Path(data_dir)
         self.data_mirror = data_mirror
@@ -76,7 +82,8 @@ class GraphDataModule(pl.LightningDataModule):
         self.val_fraction = float(val_fraction) if protocol != "gin" else 0.0
         self.split_seed = int(split_seed)
         self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.eval_batch_size = int(eval_batch_size if eval_batch_size is not None
+                                   else batch_size)
         self.num_workers = int(num_workers)
         self.offline = offline
         self.loader_kind = loader
@@ -90,6 +97,9 @@ class GraphDataModule(pl.LightningDataModule):
         if self.data is not None:
             return
         data = load_into(self.loader, self.data_dir, self.data_mirror, self.offline)
+        if not isinstance(data, GraphData):
+            raise UserError(f"dataset {getattr(data, 'name', '?')} is a node-classification "
+                            f"dataset; add task=node (or pick a graph dataset).")
         self.split = self._make_split(data)
         for key, idx in self.split.items():
             if key != "val" or self.protocol != "gin":
@@ -108,12 +118,18 @@ class GraphDataModule(pl.LightningDataModule):
         if data.labels is None:
             raise UserError(f"{data.name} has several tasks and cannot be split into stratified "
                             f"folds; use protocol=ogb.")
-        if not 0 <= self.fold < self.folds:
-            raise UserError(f"fold={self.fold} is outside 0..{self.folds - 1}; pick a fold in "
-                            f"that range (protocol.folds={self.folds}).")
         folds = load_or_make_folds(self.data_dir / "splits", data.name, data.labels, self.folds,
                                    self.split_seed, self.val_fraction)
         return {k: torch.tensor(v, dtype=torch.long) for k, v in folds[self.fold].items()}
+
+    def with_dataset(self, dataset) -> "GraphDataModule":
+        """A set-up copy of this DataModule that serves ``dataset`` (same graphs, same order,
+        e.g. their cached histories in frozen mode) with the same split and loaders; this one is
+        left as it is."""
+        assert self.data is not None, "call setup() first"
+        other = copy.copy(self)
+        other.data = dataclasses.replace(self.data, dataset=dataset)
+        return other
 
     # ------------------------------------------------------------------ properties
     @property

@@ -18,7 +18,7 @@ from torch import Tensor
 from torch_geometric.nn import MLP, GATConv, GCNConv, GINConv, GINEConv, SAGEConv
 from torch_geometric.nn.resolver import activation_resolver, normalization_resolver
 
-from histograph.errors import UserError, unknown_choice
+from histograph.errors import invalid_choice
 
 CONVS = ("gin", "gine", "gcn", "gat", "sage")
 ENCODERS = ("linear", "atom")
@@ -49,40 +49,32 @@ class HistoryGNN(torch.nn.Module):
         edge_dim (int, optional): edge-feature width (dense) — needed by ``gine``; with
             ``encoder="atom"`` OGB's ``BondEncoder`` embeds the categorical bond features.
         gat_heads (int): attention heads of ``gat`` layers. (default: :obj:`4`)
-        param_budget (int, optional): the parameter budget ``hidden`` was fitted to
-            (``model.param_budget``; :mod:`histograph.nn.budget` picks ``hidden`` before the
-            backbone is built). Recorded here, not used. (default: :obj:`None`)
-        compile (bool): ``model.compile``: the training entry point compiles the whole network
-            (backbone, readout, head) with ``torch.compile(dynamic=True)``. Recorded here, not
-            used. (default: :obj:`False`)
     """
 
-    def __init__(self, in_channels: int, hidden: int, layers: int, conv: str = "gin", norm: str | None = "batch", act: str = "relu",
-                 dropout: float = 0.0, residual: bool = False, encoder: str = "linear",
-                 edge_dim: int | None = None, gat_heads: int = 4,
-                 param_budget: int | None = None, compile: bool = False) -> None:
+    def __init__(self, in_channels: int, hidden: int, layers: int, conv: str = "gin",
+                 norm: str | None = "batch", act: str = "relu", dropout: float = 0.0,
+                 residual: bool = False, encoder: str = "linear", edge_dim: int | None = None,
+                 gat_heads: int = 4) -> None:
         super().__init__()
         if conv not in CONVS:
-            raise unknown_choice("model conv", conv, CONVS)
+            raise invalid_choice("conv", conv, CONVS)
         if encoder not in ENCODERS:
-            raise unknown_choice("input encoder", encoder, ENCODERS)
+            raise invalid_choice("encoder", encoder, ENCODERS)
         if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1:
-            raise UserError(f"model.layers must be a positive integer, got {layers!r}.")
+            raise ValueError(f"layers must be a positive integer, got {layers!r}.")
         if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:
-            raise UserError(f"model.hidden must be a positive integer, got {hidden!r}.")
+            raise ValueError(f"hidden must be a positive integer, got {hidden!r}.")
         if not 0.0 <= float(dropout) < 1.0:
-            raise UserError(f"model.dropout must be in [0, 1), got {dropout!r}.")
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
         if conv == "gine" and edge_dim is None:
-            raise UserError("model=gine needs edge features and this dataset has none; use "
-                            "model=gin (or a dataset with edge features).")
-        if conv == "gat" and hidden % gat_heads:
-            raise UserError(f"model.gat_heads={gat_heads} must divide model.hidden={hidden}.")
+            raise ValueError("conv='gine' needs edge features and this dataset has none; use "
+                             "model=gin (or a dataset with edge features).")
+        if conv == "gat" and (gat_heads < 1 or hidden % gat_heads):
+            raise ValueError(f"gat_heads={gat_heads} must divide hidden={hidden}.")
         self.in_channels, self.hidden_channels, self.num_layers = in_channels, hidden, layers
         num_layers = layers
         self.conv_name, self.residual, self.dropout = conv, residual, float(dropout)
         self.encoder_name, self.gat_heads, self.act_name = encoder, gat_heads, act
-        self.param_budget = param_budget
-        self.compile_requested = bool(compile)
         self.norm_name = None if norm in (None, "none", "None") else norm
         h = hidden
         if encoder == "atom":

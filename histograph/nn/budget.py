@@ -24,8 +24,6 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from histograph.errors import UserError
-
 MAX_WIDTH = 8192
 
 
@@ -54,22 +52,22 @@ def fit_width(num_params: Callable[[int], int], budget: int, step: int = 1,
     :param budget: the target number of parameters ``N``.
     :param step: every candidate width is a multiple of this (e.g. ``lcm`` of attention heads).
     :param max_width: the largest width tried.
-    :raises UserError: when even the smallest width exceeds the budget, or the largest one
+    :raises ValueError: when even the smallest width exceeds the budget, or the largest one
         stays below it.
     """
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise UserError(f"model.param_budget must be a positive integer, got {budget!r}.")
+        raise ValueError(f"param_budget must be a positive integer, got {budget!r}.")
     if step < 1:
         raise ValueError(f"step must be >= 1, got {step}")
     lo, hi = 1, max(1, max_width // step)  # candidate widths are k * step, k in [lo, hi]
     smallest = num_params(lo * step)
     if smallest > budget:
-        raise UserError(f"model.param_budget={budget} is below the smallest model at this depth "
+        raise ValueError(f"param_budget={budget} is below the smallest model at this depth "
                         f"({smallest} parameters at hidden={lo * step}); raise the budget or "
                         f"lower model.layers.")
     largest = num_params(hi * step)
     if largest < budget:
-        raise UserError(f"model.param_budget={budget} needs a width above {hi * step} "
+        raise ValueError(f"param_budget={budget} needs a width above {hi * step} "
                         f"({largest} parameters there); lower the budget.")
     counts = {lo: smallest, hi: largest}
     while hi - lo > 1:  # invariant: P(lo) <= budget <= P(hi)

@@ -1,15 +1,12 @@
-"""Backbone + readout + head, and the builder that wires them from Hydra configs."""
+"""Backbone + readout + head: the graph classifier."""
 
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 from torch import Tensor
 from torch_geometric.data import Batch
 
-from histograph.errors import UserError
-from histograph.nn.readouts.base import History
+from histograph.nn.readouts.base import History, Readout
 
 
 class GraphClassifier(torch.nn.Module):
@@ -17,9 +14,14 @@ class GraphClassifier(torch.nn.Module):
 
     The split into :meth:`history` and :meth:`classify` lets the frozen-backbone mode cache the
     history once and train only ``readout`` and ``head``.
+
+    Args:
+        backbone: a history-returning GNN (:class:`~histograph.nn.backbones.HistoryGNN`).
+        readout: a :class:`~histograph.nn.readouts.base.Readout` built for its history.
+        head: the classifier on the graph embedding (:class:`~histograph.nn.head.MLPHead`).
     """
 
-    def __init__(self, backbone: torch.nn.Module, readout: torch.nn.Module,
+    def __init__(self, backbone: torch.nn.Module, readout: Readout,
                  head: torch.nn.Module) -> None:
         super().__init__()
         self.backbone, self.readout, self.head = backbone, readout, head
@@ -28,24 +30,15 @@ class GraphClassifier(torch.nn.Module):
         return self.backbone(data.x, data.edge_index, getattr(data, "edge_attr", None),
                              data.batch)
 
-    def classify(self, history: History, batch: Tensor, num_graphs: int) -> Tensor:
-        return self.head(self.readout(history, batch, num_graphs))
+    def classify(self, history: History, batch: Tensor, num_graphs: int, *,
+                 return_layer_weights: bool = False):
+        """Logits ``[num_graphs, out]`` (and the readout's layer weights when asked)."""
+        x, weights = self.readout(history, batch, num_graphs, return_layer_weights=True)
+        logits = self.head(x)
+        return (logits, weights) if return_layer_weights else logits
 
-    def forward(self, data: Batch) -> Tensor:
-        return self.classify(self.history(data), data.batch, data.num_graphs)
-
-
-def build_model(backbone: Callable[..., torch.nn.Module], readout: Callable[..., torch.nn.Module],
-                head: Callable[..., torch.nn.Module], in_channels: int, out_channels: int,
-                edge_dim: int | None, encoder: str) -> GraphClassifier:
-    """Finish the three partially-configured parts with what only the data knows.
-
-    A ``ValueError`` from a constructor (a bad option value) becomes a :class:`UserError`.
-    """
-    try:
-        net = backbone(in_channels=in_channels, edge_dim=edge_dim, encoder=encoder)
-        read = readout(in_channels=net.hidden_channels, history_len=net.num_layers + 1)
-        out = head(in_channels=read.out_channels, out_channels=out_channels)
-    except (ValueError, TypeError) as exc:
-        raise UserError(str(exc).rstrip(".") + ".") from exc
-    return GraphClassifier(net, read, out)
+    def forward(self, data: Batch, *, return_layer_weights: bool = False):
+        """Logits of a PyG batch; with ``return_layer_weights=True`` the pair ``(logits,
+        layer_weights)`` (``[num_graphs, L]``, or ``None`` for readouts without them)."""
+        return self.classify(self.history(data), data.batch, data.num_graphs,
+                             return_layer_weights=return_layer_weights)

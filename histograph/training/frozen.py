@@ -1,14 +1,11 @@
-"""Frozen-backbone mode (the paper's "FT" mode): train only the readout and head on a cache.
+"""Frozen-backbone mechanics: read a source checkpoint, rebuild and freeze its backbone, cache
+every graph's history, and the classifier that reads the cache.
 
-``python train.py mode=frozen backbone_ckpt=<checkpoint of an earlier run> readout=histograph``
-loads the backbone of an earlier run, freezes it, computes every graph's history once
-(``[N_g, L, D]`` per graph), caches it in memory or on disk, and trains only the readout and the
-classifier head on the cache, with the same protocol and split as the checkpoint's run. Nothing in
-Lightning or PyG does this: it needs the project's history contract and split metadata.
-
+The task that uses them is :class:`histograph.tasks.frozen.FrozenGraphTask` (``mode=frozen``).
 The source checkpoint must be one written by this project: :class:`LitGraphClassifier` stores a
 ``histograph_meta`` entry (dataset, protocol, fold, split settings, the backbone config and the
-input sizes) beside the weights, and it is loaded with ``torch.load(weights_only=True)``.
+input sizes) beside the weights, and it is loaded with ``torch.load(weights_only=True)``. Nothing
+in Lightning or PyG does this: it needs the project's history contract and split metadata.
 """
 
 from __future__ import annotations
@@ -29,6 +26,10 @@ from histograph.errors import UserError
 
 # Split settings that must agree between the source run and the frozen run.
 SPLIT_KEYS = ("dataset", "protocol", "fold", "folds", "split_seed", "val_fraction")
+CACHES = ("memory", "disk")
+# Backbone config keys of older checkpoints that the backbone no longer takes (they moved to the
+# task: task.param_budget, task.compile).
+_RETIRED_MODEL_KEYS = ("param_budget", "compile")
 
 
 @dataclass
@@ -79,8 +80,9 @@ def build_frozen_backbone(source: SourceCheckpoint) -> torch.nn.Module:
     from hydra.utils import instantiate
 
     meta = source.meta
+    model_cfg = {k: v for k, v in meta["model"].items() if k not in _RETIRED_MODEL_KEYS}
     try:
-        backbone = instantiate(meta["model"])(in_channels=meta["in_channels"],
+        backbone = instantiate(model_cfg)(in_channels=meta["in_channels"],
                                               edge_dim=meta["edge_dim"], encoder=meta["encoder"])
         backbone.load_state_dict(source.backbone_state, strict=True)
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
@@ -139,8 +141,8 @@ def cached_history(source: SourceCheckpoint, backbone: torch.nn.Module, dataset,
                    cache: str, cache_dir: Path, device: torch.device | str = "cpu"
                    ) -> tuple[Tensor, Tensor]:
     """The history of every graph, computed once; ``cache="disk"`` reuses a file across jobs."""
-    if cache not in ("memory", "disk"):
-        raise UserError(f"frozen.cache must be 'memory' or 'disk', got {cache!r}.")
+    if cache not in CACHES:
+        raise ValueError(f"cache must be one of {', '.join(CACHES)}, got {cache!r}.")
     path = cache_dir / f"{cache_key(source)}.pt" if cache == "disk" else None
     if path is not None and path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -152,6 +154,12 @@ def cached_history(source: SourceCheckpoint, backbone: torch.nn.Module, dataset,
         torch.save({"history": history, "ptr": ptr}, tmp)
         os.replace(tmp, path)
     return history, ptr
+
+
+def cache_device(accelerator: str | None) -> str:
+    """Where the history is computed: ``cuda`` when the trainer may use a GPU and one exists."""
+    return "cuda" if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() \
+        else "cpu"
 
 
 class FrozenBackboneClassifier(torch.nn.Module):
@@ -171,9 +179,14 @@ class FrozenBackboneClassifier(torch.nn.Module):
         self.backbone.eval()  # frozen: normalisation statistics and dropout stay fixed
         return self
 
-    def forward(self, data) -> Tensor:
+    def forward(self, data, *, return_layer_weights: bool = False):
+        """Logits (and the readout's layer weights when asked), as
+        :class:`~histograph.nn.model.GraphClassifier`."""
         history = getattr(data, "history", None)
         if history is None:
             history = self.backbone(data.x, data.edge_index, getattr(data, "edge_attr", None),
                                     data.batch)
-        return self.head(self.readout(history, data.batch, data.num_graphs))
+        x, weights = self.readout(history, data.batch, data.num_graphs,
+                                  return_layer_weights=True)
+        logits = self.head(x)
+        return (logits, weights) if return_layer_weights else logits

@@ -9,7 +9,10 @@ from typing import Any
 
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
+
+from histograph.config import choice
+from histograph.sweeps.names import is_multirun, job_name
 
 from histograph.training.csv_logger import ResumableCSVLogger
 from histograph.training.wandb_auth import wandb_online_possible
@@ -48,10 +51,29 @@ def build_loggers(logger_cfg: DictConfig | None, output_dir: Path, run_name: str
     return loggers
 
 
+def run_loggers(cfg: DictConfig, output_dir: Path, name: str) -> list[Logger]:
+    """:func:`build_loggers` for a run: W&B runs grouped by sweep (the task name for single
+    runs), typed by readout, named after the job's overrides (else ``name``), tagged with the
+    experiment preset."""
+    tags = [t for t in dict.fromkeys([*(cfg.get("tags") or []), choice(cfg, "experiment")]) if t]
+    return build_loggers(cfg.get("logger"), output_dir, run_name=job_name() or name,
+                         group=cfg.get("sweep_name") if is_multirun() else cfg.get("task_name"),
+                         job_type=choice(cfg, "readout"), tags=tags)
+
+
 def log_config(loggers: list[Logger], config: dict[str, Any]) -> None:
     """Store the resolved config as hyper-parameters in every logger."""
     for lg in loggers:
         lg.log_hyperparams(config)
+
+
+def log_metrics(loggers: list[Logger], metrics: dict[str, float], step: int) -> None:
+    """Log ``metrics`` at ``step`` to every logger and flush them (nothing when empty)."""
+    if not metrics:
+        return
+    for lg in loggers:
+        lg.log_metrics(metrics, step=step)
+        lg.save()
 
 
 def finish_wandb(loggers: list[Logger], failed: bool) -> None:
@@ -64,6 +86,3 @@ def finish_wandb(loggers: list[Logger], failed: bool) -> None:
         wandb.finish(exit_code=1 if failed else 0)
 
 
-def config_dict(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as a plain dict (the ``hydra:`` resolver may be unavailable)."""
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore

@@ -23,7 +23,8 @@ class LitGraphClassifier(pl.LightningModule):
     exposes ``last_layer_weights`` (HISTOGRAPH's alpha), the mean weight per layer is logged as
     ``<split>/alpha/<l>`` and the test-set mean is kept in :attr:`test_layer_weights`.
 
-    :param model: the network; ``model(batch)`` returns logits.
+    :param model: the network; ``model(batch, return_layer_weights=True)`` returns ``(logits,
+        layer_weights or None)`` (:class:`~histograph.nn.model.GraphClassifier`).
     :param task: ``"multiclass"`` (cross-entropy) or ``"multilabel"`` (BCE on labelled entries).
     :param num_outputs: classes or tasks.
     :param metric: ``"acc"``, ``"rocauc"`` or ``"ap"``.
@@ -62,8 +63,8 @@ class LitGraphClassifier(pl.LightningModule):
             **{s: [] for s in self.eval_splits}}
 
     # ------------------------------------------------------------------ steps
-    def forward(self, batch) -> Tensor:
-        return self.model(batch)
+    def forward(self, batch, return_layer_weights: bool = False):
+        return self.model(batch, return_layer_weights=return_layer_weights)
 
     def loss(self, logits: Tensor, y: Tensor) -> Tensor:
         if self.task == "multiclass":
@@ -77,19 +78,18 @@ class LitGraphClassifier(pl.LightningModule):
         return y.view(-1) if self.task == "multiclass" else y
 
     def _shared_step(self, batch, split: str) -> Tensor:
-        logits = self(batch)
+        logits, weights = self(batch, return_layer_weights=True)
         loss = self.loss(logits, batch.y)
         self.metrics[f"{split}_"].update(logits, self._target(batch.y))
         self._record_loss(split, loss, batch.num_graphs)
-        self._record_layer_weights(split)
+        self._record_layer_weights(split, weights)
         return loss
 
-    def _record_layer_weights(self, split: str) -> None:
-        """Accumulate the readout's per-graph layer weights (HISTOGRAPH's alpha), if any."""
-        weights = getattr(self.model.readout, "last_layer_weights", None)
+    def _record_layer_weights(self, split: str, weights: Tensor | None) -> None:
+        """Accumulate per-graph layer weights ``[B, L]`` (HISTOGRAPH's alpha), if any."""
         if weights is not None:
             acc = self._alpha.setdefault(split, [torch.zeros_like(weights[0]), 0])
-            acc[0] = acc[0] + weights.sum(0)
+            acc[0] = acc[0] + weights.detach().sum(0)
             acc[1] += weights.size(0)
 
     def _record_loss(self, split: str, loss: Tensor, weight: int) -> None:

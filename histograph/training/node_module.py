@@ -20,29 +20,30 @@ class LitNodeClassifier(LitGraphClassifier):
     evaluated once per validation epoch; the ``val`` and ``test`` loaders read the same logits.
     """
 
-    _eval_logits: Tensor | None = None
+    _eval_out: tuple[Tensor, Tensor | None] | None = None
 
-    def _logits(self, batch: Data, split: str) -> Tensor:
-        """All nodes' logits; the evaluation loaders of one validation epoch share one pass."""
+    def _logits(self, batch: Data, split: str) -> tuple[Tensor, Tensor | None]:
+        """All nodes' logits and the layer weights; the evaluation loaders of one validation
+        epoch share one pass."""
         if split == "train" or self._trainer is None or not self.trainer.validating:
-            return self(batch)
-        if self._eval_logits is None:
-            self._eval_logits = self(batch)
-        return self._eval_logits
+            return self(batch, return_layer_weights=True)
+        if self._eval_out is None:
+            self._eval_out = self(batch, return_layer_weights=True)
+        return self._eval_out
 
     def on_validation_epoch_start(self) -> None:
-        self._eval_logits = None
+        self._eval_out = None
 
     def on_validation_epoch_end(self) -> None:
-        self._eval_logits = None
+        self._eval_out = None
         super().on_validation_epoch_end()
 
     def _shared_step(self, batch: Data, split: str) -> Tensor:
         mask = batch[f"{split}_mask"]
-        logits = self._logits(batch, split)[mask]
-        y = batch.y[mask]
+        logits, weights = self._logits(batch, split)
+        logits, y = logits[mask], batch.y[mask]
         loss = F.cross_entropy(logits, y)
         self.metrics[f"{split}_"].update(logits, y)
         self._record_loss(split, loss, 1)
-        self._record_layer_weights(split)
+        self._record_layer_weights(split, weights)
         return loss

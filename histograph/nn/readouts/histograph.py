@@ -12,6 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.utils import scatter
 
+from histograph.errors import invalid_choice
+from histograph.nn.readouts.base import History, Readout
+
 NORMALIZATIONS = ("signed", "softmax")
 SCOPES = ("graph", "batch")
 PROJECTIONS = ("per_layer", "shared")
@@ -100,7 +103,7 @@ def size_groups(batch: Tensor, num_graphs: int, merge_slots: int | None = None
     return dest, blocks, offset
 
 
-class HistographReadout(torch.nn.Module):
+class HistographReadout(Readout):
     r"""The HISTOGRAPH readout from the `"Learning from Historical Activations in Graph Neural
     Networks" <https://arxiv.org/abs/2601.01123>`_ paper (Galron, Sinai, Maron, Eliasof,
     ICLR 2026).
@@ -180,31 +183,22 @@ class HistographReadout(torch.nn.Module):
                  projection: str = "per_layer", heads: int = 4, residual: bool = True,
                  layer_norm: bool = True, guard: str = "relative", eps: float = 0.01,
                  dropout: float = 0.0) -> None:
-        super().__init__()
+        super().__init__(in_channels, history_len)
         if normalization not in NORMALIZATIONS:
-            raise ValueError(f"Unknown normalization {normalization!r}; use one of "
-                             f"{', '.join(NORMALIZATIONS)}.")
+            raise invalid_choice("normalization", normalization, NORMALIZATIONS)
         if scope not in SCOPES:
-            raise ValueError(f"Unknown scope {scope!r}; use one of {', '.join(SCOPES)}.")
+            raise invalid_choice("scope", scope, SCOPES)
         if projection not in PROJECTIONS:
-            raise ValueError(f"Unknown projection {projection!r}; use one of "
-                             f"{', '.join(PROJECTIONS)}.")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {in_channels}; pass the node width.")
-        if history_len < 1:
-            raise ValueError(f"history_len must be >= 1 (number of layers + 1), got "
-                             f"{history_len}.")
+            raise invalid_choice("projection", projection, PROJECTIONS)
         if heads < 1 or in_channels % heads != 0:
             raise ValueError(f"heads={heads} must be a positive divisor of in_channels="
                              f"{in_channels}; choose heads that divides it.")
         if guard not in GUARDS:
-            raise ValueError(f"Unknown guard {guard!r}; use one of {', '.join(GUARDS)}.")
+            raise invalid_choice("guard", guard, GUARDS)
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps}; use a small positive value like 1e-6.")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
-        self.in_channels = self.out_channels = in_channels
-        self.history_len = history_len
         self.normalization, self.scope, self.projection = normalization, scope, projection
         self.layer_stage, self.node_stage = layer_stage, node_stage
         self.heads, self.residual, self.layer_norm = heads, residual, layer_norm
@@ -232,7 +226,6 @@ class HistographReadout(torch.nn.Module):
             self.node_out = torch.nn.Linear(D, D)
             if layer_norm:
                 self.norm = torch.nn.LayerNorm(D)
-        self.last_layer_weights: Tensor | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -255,53 +248,29 @@ class HistographReadout(torch.nn.Module):
                                  self.proj_weight[start:].transpose(1, 2))
         return self.proj(xs) + shift
 
-    def forward(self, history: Tensor | list[Tensor], batch: Tensor,
-                num_graphs: int | None = None) -> Tensor:
-        r"""Forward pass.
+    def forward(self, history: History, batch: Tensor, num_graphs: int
+                ) -> tuple[Tensor, Tensor | None]:
+        r"""Graph embeddings :math:`\mathbf{G}` ``[B, D]`` and the layer weights
+        :math:`\alpha` ``[B, L]`` (``None`` without the layer stage); called through
+        :class:`~histograph.nn.readouts.base.Readout`'s ``__call__``, which checks the history
+        and returns the weights only when asked (``return_layer_weights=True``)."""
+        z, alpha = self.node_states(history, batch, num_graphs)
+        return scatter(z, batch, dim=0, dim_size=num_graphs, reduce="mean"), alpha
 
-        Args:
-            history (torch.Tensor or list[torch.Tensor]): :obj:`L` node states of shape
-                :obj:`[N, D]`, or the stacked tensor :obj:`[N, L, D]`.
-            batch (torch.Tensor): Sorted graph index of every node, shape :obj:`[N]`.
-            num_graphs (int, optional): Number of graphs :obj:`B`; inferred from :obj:`batch`
-                (a host sync) if not given. (default: :obj:`None`)
+    def node_states(self, history: History, batch: Tensor, num_graphs: int
+                    ) -> tuple[Tensor, Tensor | None]:
+        r"""Stages 1 and 2 without the final mean: :math:`\mathbf{Z}` ``[N, D]`` and
+        :math:`\alpha` ``[B, L]`` (or ``None``).
 
-        Returns:
-            torch.Tensor: Graph embeddings of shape :obj:`[B, out_channels]`.
-        """
-        if num_graphs is None:
-            num_graphs = int(batch.max()) + 1 if batch.numel() > 0 else 0
-        z = self.node_states(history, batch, num_graphs)
-        return scatter(z, batch, dim=0, dim_size=num_graphs, reduce="mean")
-
-    def node_states(self, history: Tensor | list[Tensor], batch: Tensor,
-                    num_graphs: int | None = None) -> Tensor:
-        r"""Stages 1 and 2 without the final mean: :math:`\mathbf{Z}` of shape :obj:`[N, D]`.
-
-        Node classification (:mod:`histograph.nn.node_model`) reads these per-node states with
-        the whole graph as one "graph" (``batch`` all zeros), so stage 1 learns one layer
-        weighting shared by all nodes and stage 2 attends across all nodes.
+        Node classification reads these per-node states with the whole graph as one "graph"
+        (``batch`` all zeros, through :meth:`~histograph.nn.readouts.base.Readout.nodes`), so
+        stage 1 learns one layer weighting shared by all nodes and stage 2 attends across all
+        nodes.
         """
         # Layer-major [L, N, D] throughout: the list is concatenated without interleaving, the
         # projection is one batched matmul over layers, and a stacked input takes the same path.
-        if isinstance(history, (list, tuple)):
-            shape = [history[0].size(0) if len(history) else 0, len(history),
-                     history[0].size(-1) if len(history) else 0]
-            ok = len(history) == self.history_len and all(
-                h.dim() == 2 and h.size(1) == self.in_channels for h in history)
-        else:
-            shape = list(history.shape)
-            ok = (history.dim() == 3 and history.size(1) == self.history_len
-                  and history.size(2) == self.in_channels)
-        if not ok:
-            raise ValueError(f"history must have {self.history_len} entries of width "
-                             f"{self.in_channels} (shape [N, {self.history_len}, "
-                             f"{self.in_channels}]), got shape {shape}; pass the input "
-                             f"embedding plus every layer's output.")
-        xs = (torch.stack(list(history), dim=0) if isinstance(history, (list, tuple))
+        xs = (torch.stack(list(history), dim=0) if not isinstance(history, Tensor)
               else history.transpose(0, 1).contiguous())  # [L, N, D]
-        if num_graphs is None:
-            num_graphs = int(batch.max()) + 1 if batch.numel() > 0 else 0
         L, D = self.history_len, self.in_channels
 
         if self.layer_stage:
@@ -326,12 +295,12 @@ class HistographReadout(torch.nn.Module):
                 alpha = torch.softmax(c, dim=-1)
             node_alpha = alpha[batch] if self.scope == "graph" else alpha  # [N or 1, L]
             h = (node_alpha.t().unsqueeze(-1) * xt).sum(dim=0)  # [N, D]
-            self.last_layer_weights = alpha.detach().expand(num_graphs, L).clone()
+            weights = alpha.detach().expand(num_graphs, L)
         else:  # ablation: last layer only (project just that entry)
             h = self._project(xs[L - 1:], L - 1)[0]
-            self.last_layer_weights = None
-
-        return self._node_attention(h, batch, num_graphs) if self.node_stage else h
+            weights = None
+        z = self._node_attention(h, batch, num_graphs) if self.node_stage else h
+        return z, weights
 
     @torch.compiler.disable  # block shapes change with every batch: eager, not recompiled
     def _node_attention(self, h: Tensor, batch: Tensor, num_graphs: int) -> Tensor:

@@ -11,7 +11,7 @@ from torch import Tensor
 from torch_geometric.nn import JumpingKnowledge
 from torch_geometric.nn.resolver import aggregation_resolver
 
-from histograph.errors import unknown_choice
+from histograph.errors import invalid_choice
 from histograph.nn.readouts.base import History, Readout, history_entry
 
 
@@ -36,9 +36,9 @@ class JKReadout(Readout):
     def __init__(self, in_channels: int, history_len: int, mode: str = "cat", pool: str = "sum",
                  include_input: bool = False) -> None:
         if mode not in self.MODES:
-            raise unknown_choice("jumping-knowledge mode", mode, self.MODES)
+            raise invalid_choice("mode", mode, self.MODES)
         if pool not in ("sum", "mean", "max"):
-            raise unknown_choice("pooling", pool, ("sum", "mean", "max"))
+            raise invalid_choice("pool", pool, ("sum", "mean", "max"))
         self.first = 0 if include_input or history_len == 1 else 1
         used = history_len - self.first
         super().__init__(in_channels, history_len,
@@ -50,11 +50,8 @@ class JKReadout(Readout):
     def reset_parameters(self) -> None:
         self.jk.reset_parameters()
 
-    def forward(self, history: History, batch: Tensor, num_graphs: int | None = None) -> Tensor:
-        self.check(history)
+    def forward(self, history: History, batch: Tensor, num_graphs: int) -> Tensor:
         xs = [history_entry(history, i) for i in range(self.first, self.history_len)]
-        if num_graphs is None:
-            num_graphs = int(batch.max()) + 1 if batch.numel() else 0
         return self.aggr(self.jk(xs), index=batch, dim_size=num_graphs)
 
     def extra_repr_args(self) -> str:

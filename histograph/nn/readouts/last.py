@@ -25,14 +25,10 @@ class LastLayerReadout(Readout):
         history_len (int): number of history entries (only the last is read).
     """
 
-    def node_states(self, history: History, batch: Tensor | None = None,
-                    num_graphs: int | None = None) -> Tensor:
+    def node_states(self, history: History, batch: Tensor, num_graphs: int) -> Tensor:
         """The last entry ``[N, in_channels]``; ``batch``/``num_graphs`` are not needed."""
-        self.check(history)
         return history_entry(history, -1)
 
-    def forward(self, history: History, batch: Tensor, num_graphs: int | None = None) -> Tensor:
-        if num_graphs is None:
-            num_graphs = int(batch.max()) + 1 if batch.numel() else 0
-        return scatter(self.node_states(history), batch, dim=0, dim_size=num_graphs,
+    def forward(self, history: History, batch: Tensor, num_graphs: int) -> Tensor:
+        return scatter(history_entry(history, -1), batch, dim=0, dim_size=num_graphs,
                        reduce="mean")

@@ -11,19 +11,15 @@ from torch import Tensor
 from torch_geometric.nn import aggr
 from torch_geometric.nn.resolver import aggregation_resolver
 
-from histograph.errors import unknown_choice
+from histograph.errors import invalid_choice
 from histograph.nn.readouts.base import History, Readout, history_entry
 
 
 class _LastLayer(Readout):
     aggr: aggr.Aggregation
 
-    def forward(self, history: History, batch: Tensor, num_graphs: int | None = None) -> Tensor:
-        self.check(history)
-        x = history_entry(history, -1)
-        if num_graphs is None:
-            num_graphs = int(batch.max()) + 1 if batch.numel() else 0
-        return self.aggr(x, index=batch, dim_size=num_graphs)
+    def forward(self, history: History, batch: Tensor, num_graphs: int) -> Tensor:
+        return self.aggr(history_entry(history, -1), index=batch, dim_size=num_graphs)
 
     def reset_parameters(self) -> None:
         self.aggr.reset_parameters()
@@ -43,7 +39,7 @@ class PoolReadout(_LastLayer):
     def __init__(self, in_channels: int, history_len: int, reduce: str = "mean") -> None:
         super().__init__(in_channels, history_len)
         if reduce not in self.REDUCES:
-            raise unknown_choice("pooling", reduce, self.REDUCES)
+            raise invalid_choice("reduce", reduce, self.REDUCES)
         self.reduce = reduce
         self.aggr = aggregation_resolver(reduce)
 
@@ -103,10 +99,9 @@ class GMTReadout(_LastLayer):
                  num_encoder_blocks: int = 1, layer_norm: bool = False,
                  dropout: float = 0.0) -> None:
         super().__init__(in_channels, history_len)
-        if in_channels % heads:
-            from histograph.errors import UserError
-
-            raise UserError(f"readout.heads={heads} must divide the hidden size {in_channels}.")
+        if heads < 1 or in_channels % heads:
+            raise ValueError(f"heads={heads} must be a positive divisor of in_channels="
+                             f"{in_channels}; choose heads that divides it.")
         self.k, self.heads = k, heads
         self.aggr = aggr.GraphMultisetTransformer(in_channels, k=k, heads=heads,
                                                   num_encoder_blocks=num_encoder_blocks,

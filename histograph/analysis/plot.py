@@ -1,4 +1,4 @@
-"""Plots of a depth sweep: ``python -m histograph.plot <sweep dir or aggregated dir>``.
+"""Plots of a depth sweep: ``python -m histograph.analysis.plot <sweep dir or aggregated dir>``.
 
 Three figures (matplotlib, Agg backend), one panel per dataset x backbone (x readout where the
 figure is per readout), written as PNGs beside the aggregated tables:
@@ -12,18 +12,20 @@ figure is per readout), written as PNGs beside the aggregated tables:
   :mod:`histograph.diagnostics` per history entry (layer index), one line per depth.
 
 Given a sweep dir (job folders below it), the tables are (re)made with
-:func:`histograph.aggregate.aggregate` first and the per-layer vectors of every finished job are
+:func:`histograph.analysis.aggregate.aggregate` first and the per-layer vectors of every finished job are
 saved as ``diagnostics.json`` beside them, so an aggregated dir (``jobs.csv`` +
 ``diagnostics.json``, e.g. a copy under ``results/``) can be re-plotted without the job folders.
 With ``--wandb`` (or ``auto`` and a W&B logger in the jobs' config) the PNGs are logged to a run
 of the sweep's W&B group (``job_type=plots``); offline runs stay in ``<out>/wandb/``.
+
+Long file: the three figures share the job table's reading (which axis is a line, which a
+panel) and one W&B upload; each figure is one function.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import sys
 from pathlib import Path
@@ -36,14 +38,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
-from hydra.experimental.callback import Callback  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from histograph.analysis.aggregate import (RESULT_SCALARS, aggregate,  # noqa: E402
+                                           find_job_dirs, is_axis_key)
 from histograph.errors import UserError  # noqa: E402
 from histograph.utils import atomic_write_json, atomic_write_text  # noqa: E402
 
-log = logging.getLogger("histograph")
 
 DIAGNOSTICS_FILE = "diagnostics.json"
 #: per-job vectors kept in ``diagnostics.json``
@@ -54,23 +56,23 @@ FIGURES = ("depth_accuracy", "layer_weights", "dirichlet_energy", "mad")
 
 
 # ---------------------------------------------------------------------- inputs
-def collect(path: str | Path, out_dir: str | Path | None = None
+def collect(path: str | Path, out_dir: str | Path | None = None,
+            aggregated: dict[str, Any] | None = None
             ) -> tuple[pd.DataFrame, list[dict[str, Any]], Path, dict[str, Any] | None]:
-    """Read a sweep dir (aggregating it) or an aggregated dir.
+    """Read a sweep dir (aggregating it, unless ``aggregated`` holds what
+    :func:`~histograph.analysis.aggregate.aggregate` returned for it) or an aggregated dir.
 
     :returns: ``(jobs, diagnostics, out_dir, job_config)``: the ``jobs.csv`` table, one record
         per finished job with its per-layer vectors, the folder for the PNGs, and the Hydra config
         of one finished job (``None`` for an aggregated dir).
     :raises UserError: when ``path`` is neither.
     """
-    from histograph.aggregate import aggregate, find_job_dirs
-
     root = Path(path)
     if not root.is_dir():
         raise UserError(f"{root} is not a folder; pass a sweep dir (logs/sweeps/<name>) or a "
-                        f"folder with jobs.csv from python -m histograph.aggregate.")
-    if find_job_dirs(root):
-        agg = aggregate(root, out_dir)
+                        f"folder with jobs.csv from python -m histograph.analysis.aggregate.")
+    if aggregated is not None or find_job_dirs(root):
+        agg = aggregated if aggregated is not None else aggregate(root, out_dir)
         out = Path(out_dir) if out_dir is not None else root
         jobs = agg["jobs"]
         diagnostics, config = [], None
@@ -89,7 +91,7 @@ def collect(path: str | Path, out_dir: str | Path | None = None
         diagnostics = json.loads(diag_path.read_text()) if diag_path.is_file() else []
         return jobs, diagnostics, Path(out_dir) if out_dir is not None else root, None
     raise UserError(f"{root} holds neither job dirs (.hydra/overrides.yaml) nor jobs.csv; pass a "
-                    f"sweep dir or the output folder of python -m histograph.aggregate.")
+                    f"sweep dir or the output folder of python -m histograph.analysis.aggregate.")
 
 
 def _done(jobs: pd.DataFrame, metric_key: str) -> pd.DataFrame:
@@ -97,7 +99,7 @@ def _done(jobs: pd.DataFrame, metric_key: str) -> pd.DataFrame:
     missing = need - set(jobs.columns)
     if missing:
         raise UserError(f"jobs.csv lacks the columns {sorted(missing)}; re-run "
-                        f"python -m histograph.aggregate on the sweep.")
+                        f"python -m histograph.analysis.aggregate on the sweep.")
     done = jobs[jobs["status"] == "done"].copy()
     for key in ("dataset", "model", "readout"):  # the name results.json uses (Cora, not cora)
         if f"{key}_result" in done:
@@ -116,13 +118,9 @@ def _done(jobs: pd.DataFrame, metric_key: str) -> pd.DataFrame:
 
 def _other_axes(jobs: pd.DataFrame) -> list[str]:
     """Override columns of ``jobs.csv`` that are neither a plot axis nor a replicate."""
-    from histograph.aggregate import (NON_AXIS_KEYS, NON_AXIS_PREFIXES, REPLICATE_KEYS,
-                                      RESULT_SCALARS)
-
-    known = {"status", "job_dir", "error", "experiment", "model.layers", *RESULT_SCALARS,
-             *REPLICATE_KEYS, *NON_AXIS_KEYS}
+    known = {"status", "job_dir", "error", "experiment", "model.layers", *RESULT_SCALARS}
     return [c for c in jobs.columns if c not in known and not c.endswith("_result")
-            and not c.startswith(NON_AXIS_PREFIXES)]
+            and is_axis_key(c)]
 
 
 def _panels(keys: Sequence[tuple]) -> tuple[plt.Figure, list[plt.Axes]]:
@@ -336,14 +334,15 @@ def upload_to_wandb(pngs: Sequence[Path], out_dir: Path, settings: dict[str, Any
 
 # ---------------------------------------------------------------------- entry point
 def plot(path: str | Path, out_dir: str | Path | None = None, metric_key: str = "test",
-         wandb: str = "auto") -> dict[str, Path]:
+         wandb: str = "auto", aggregated: dict[str, Any] | None = None) -> dict[str, Path]:
     """Make every figure the data allows; returns ``{figure name: PNG path}`` (plus ``wandb``:
-    the W&B run folder when uploaded)."""
+    the W&B run folder when uploaded). ``aggregated``: the tables of ``path`` already made by
+    :func:`~histograph.analysis.aggregate.aggregate` (not made again)."""
     if metric_key not in ("test", "val"):
         raise UserError(f"--metric must be test or val, got {metric_key!r}.")
     if wandb not in ("auto", "on", "off"):
         raise UserError(f"--wandb must be auto, on or off, got {wandb!r}.")
-    jobs, diagnostics, out, config = collect(path, out_dir)
+    jobs, diagnostics, out, config = collect(path, out_dir, aggregated)
     out.mkdir(parents=True, exist_ok=True)
     made = {
         "depth_accuracy": plot_depth_accuracy(jobs, out / "depth_accuracy.png", metric_key),
@@ -371,8 +370,8 @@ def plot(path: str | Path, out_dir: str | Path | None = None, metric_key: str = 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m histograph.plot <dir> [--out DIR] [--metric test|val] [--wandb MODE]``."""
-    parser = argparse.ArgumentParser(prog="python -m histograph.plot",
+    """``python -m histograph.analysis.plot <dir> [--out DIR] [--metric test|val] [--wandb MODE]``."""
+    parser = argparse.ArgumentParser(prog="python -m histograph.analysis.plot",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("path", help="a sweep dir (job folders below it) or an aggregated dir "
                                      "(jobs.csv + diagnostics.json)")
@@ -396,28 +395,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-class PlotOnMultirunEnd(Callback):
-    """Hydra callback: :func:`plot` the sweep dir when a multirun ends (never fails the sweep).
-
-    Registered in ``configs/hydra/default.yaml`` (``hydra.callbacks.plot``) beside the
-    aggregation callback; disable with ``~hydra.callbacks.plot``. With a W&B logger in the jobs'
-    config the PNGs go to the sweep's W&B group as well (``wandb="auto"``).
-
-    :param wandb: ``auto``, ``on`` or ``off`` (see :func:`plot`).
-    """
-
-    def __init__(self, wandb: str = "auto") -> None:
-        self.wandb = wandb
-
-    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        try:
-            paths = plot(sweep_dir, wandb=self.wandb)
-        except Exception as exc:  # noqa: BLE001 - the jobs' own results must survive this
-            log.error("Plotting %s failed: %s; run `python -m histograph.plot %s` to retry.",
-                      sweep_dir, exc, sweep_dir, exc_info=True)
-            return
-        if paths:
-            print(f"[histograph] plots: {', '.join(str(p) for p in paths.values())}", flush=True)

@@ -1,4 +1,4 @@
-"""Aggregate a sweep of result folders into tidy tables: ``python -m histograph.aggregate <dir>``.
+"""Aggregate a sweep of result folders into tidy tables: ``python -m histograph.analysis.aggregate <dir>``.
 
 A *job dir* is any folder (at any depth under the sweep dir) that holds ``.hydra/overrides.yaml``;
 it is ``done`` when it holds ``results.json``, ``failed`` when it holds ``failed.json`` (keys
@@ -23,6 +23,10 @@ over jobs. For ``gin`` (paper-compatible, OPTIMISTIC) :func:`gin_selection` aver
 test accuracy over the folds and reports the best epoch of that mean curve, with the std over
 folds at that epoch. Standard deviations are population std (``ddof=0``, as ``numpy.std`` and the
 GIN / Errica et al. code bases report them).
+
+Long file: scanning, grouping and the Markdown report are one pipeline over one jobs table, and
+the protocols' selection rules are applied inside the grouping; split, each part would need the
+others' column conventions.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import pandas as pd
 import yaml
 
 from histograph.errors import UserError
+from histograph.keys import is_result_key
 from histograph.utils import atomic_write_text
 
 log = logging.getLogger("histograph")
@@ -52,12 +57,17 @@ RESULT_SCALARS = ("dataset", "model", "readout", "layers", "hidden", "seed", "fo
                   "wall_time_s", "mode", "selection")
 #: Override keys that are repetitions of one setting, not axes of the comparison.
 REPLICATE_KEYS = ("seed", "fold")
-#: Override keys that never define a group: per-job inputs (a frozen run's source checkpoint)
-#: and settings that do not change results; they stay columns of ``jobs.csv``.
-NON_AXIS_KEYS = ("backbone_ckpt", "logger", "threads", "resume", "sweep_name", "task_name",
-                 "trainer.enable_progress_bar", "trainer.accelerator", "trainer.devices",
-                 "data.num_workers")
-NON_AXIS_PREFIXES = ("paths.", "hydra.")
+#: Result keys that are per-job inputs rather than settings (a frozen run's source checkpoint
+#: differs per fold), so they never define a group either.
+PER_JOB_KEYS = ("backbone_ckpt",)
+
+
+def is_axis_key(key: str) -> bool:
+    """Whether an override key may split the summary into groups: a result key
+    (:func:`histograph.keys.is_result_key`) that is neither a replicate nor a per-job input.
+    Non-axis overrides stay columns of ``jobs.csv``."""
+    key = _key(key)
+    return is_result_key(key) and key not in REPLICATE_KEYS and key not in PER_JOB_KEYS
 STATUSES = ("done", "failed", "missing")
 GIN_SELECTION = ("OPTIMISTIC: epoch with the best test accuracy averaged over the folds "
                  "(selection on test)")
@@ -313,7 +323,7 @@ def _axes(jobs: pd.DataFrame, keys: Sequence[str]) -> tuple[list[str], dict[str,
     """Override keys that vary across jobs (the axes) and those that are constant."""
     axes, constant = [], {}
     for key in keys:
-        if key in REPLICATE_KEYS or key in NON_AXIS_KEYS or key.startswith(NON_AXIS_PREFIXES):
+        if not is_axis_key(key):
             continue
         values = jobs[key].astype(str).unique()
         if len(values) > 1:
@@ -485,8 +495,8 @@ def aggregate(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m histograph.aggregate <sweep dir> [--out DIR]``: print the summary table."""
-    parser = argparse.ArgumentParser(prog="python -m histograph.aggregate",
+    """``python -m histograph.analysis.aggregate <sweep dir> [--out DIR]``: print the summary table."""
+    parser = argparse.ArgumentParser(prog="python -m histograph.analysis.aggregate",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", help="multirun dir (job dirs at any depth)")
     parser.add_argument("--out", default=None, help="output folder (default: the sweep dir)")

@@ -1,0 +1,90 @@
+"""The ``results.json`` record of a run and the one-line summary the command line prints.
+
+``results.json`` (written atomically by :func:`write_results`) is the contract every analysis tool
+reads; its keys are documented in docs/architecture.md. A task adds or overrides keys through
+:attr:`histograph.tasks.Network.record` (``hidden`` after a parameter budget, ``task``, a
+frozen run's ``backbone_ckpt``), the over-smoothing diagnostics add ``dirichlet_energy``,
+``mad`` and ``diagnostics_split``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from histograph.config import choice
+from histograph.utils import atomic_write_json, versions
+
+RESULTS_FILE = "results.json"
+
+
+def run_name(cfg: DictConfig) -> str:
+    """A readable job name: ``MUTAG-gin5-histograph-s0-f0`` (``-frozen`` in frozen mode)."""
+    dataset = cfg.dataset.get("name", "data")
+    model = choice(cfg, "model") or cfg.model.get("conv", "gnn")
+    readout = choice(cfg, "readout") or cfg.readout._target_.rsplit(".", 1)[-1]
+    mode = "-frozen" if cfg.get("mode") == "frozen" else ""
+    return f"{dataset}-{model}{cfg.model.layers}-{readout}{mode}-s{cfg.seed}-f{cfg.fold}"
+
+
+def results_record(cfg: DictConfig, *, data: Any, network: Any, lit: Any, trainer: Any,
+                   history: dict[str, list[float]], tested: dict[str, float], selected: int,
+                   checkpoint: str, diagnostics: dict[str, Any], start: float
+                   ) -> dict[str, Any]:
+    """The ``results.json`` record of a finished run (keys in their documented order)."""
+    has_val = "val" in history
+    model = network.model
+    record: dict[str, Any] = {
+        "dataset": data.name,
+        "model": choice(cfg, "model") or cfg.model.conv,
+        "readout": choice(cfg, "readout") or cfg.readout._target_.rsplit(".", 1)[-1],
+        "layers": int(cfg.model.layers),
+        "hidden": int(cfg.model.hidden),
+        "param_budget": None,
+        "seed": int(cfg.seed),
+        "fold": int(cfg.fold) if cfg.protocol.name != "ogb" else None,
+        "protocol": cfg.protocol.name,
+        "selection": cfg.protocol.get("selection"),
+        "metric": data.metric,
+        "mode": cfg.mode,
+        "selected_epoch": selected,
+        "epochs": len(history["test"]),
+        "val": history["val"][selected] if has_val else None,
+        "test": float(tested[f"test/{data.metric}"]),
+        "history": history,
+        "layer_weights": lit.test_layer_weights,
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "num_trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "backbone_ckpt": None,
+        "checkpoint": checkpoint,
+        "threads": torch.get_num_threads(),
+        "accelerator": type(trainer.accelerator).__name__,
+        "world_size": trainer.world_size,
+        "wall_time_s": round(time.time() - start, 3),
+        "run_name": run_name(cfg),
+        "versions": versions(),
+    }
+    record.update(network.record)
+    record.update(diagnostics)
+    return record
+
+
+def write_results(output_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
+    """Write ``<output_dir>/results.json`` atomically; return its path."""
+    path = Path(output_dir) / RESULTS_FILE
+    atomic_write_json(path, record)
+    return path
+
+
+def summary_line(record: dict[str, Any], path: str | os.PathLike) -> str:
+    """``[histograph] MUTAG-gin5-histograph-s0-f0: selected epoch 7 (holdout): val acc 0.94,
+    test acc 0.89  -> <path>``."""
+    metric = record["metric"]
+    val = f"val {metric} {record['val']:.4f}, " if record.get("val") is not None else ""
+    return (f"[histograph] {record['run_name']}: selected epoch {record['selected_epoch']} "
+            f"({record['protocol']}): {val}test {metric} {record['test']:.4f}  -> {path}")
