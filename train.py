@@ -4,7 +4,13 @@ A thin entry point; the command line is :mod:`histograph.cli`, one job :func:`hi
 (configs: ``configs/train.yaml``).
 """
 
-from histograph.cli import main
+import sys
+
+try:
+    from histograph.cli import main
+except KeyboardInterrupt:  # Ctrl+C while Python is still importing: one line, no traceback
+    print("interrupted: Ctrl+C before training started; nothing was trained.", file=sys.stderr)
+    raise SystemExit(130) from None
 
 if __name__ == "__main__":
     main()

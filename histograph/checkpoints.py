@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -34,6 +35,7 @@ from histograph.keys import flatten, result_config
 log = logging.getLogger("histograph")
 
 RUN_CONFIG_KEY = "histograph_run_config"
+CHANGES_KEY = "histograph_config_changes"
 RESUME_MODES = (True, False, "force")
 
 
@@ -69,36 +71,52 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 class RunConfigCheckpoint(pl.Callback):
-    """Store :func:`run_config` in every checkpoint (read back by :func:`check_resume`)."""
+    """Store :func:`run_config` in every checkpoint (read back by :func:`check_resume`), and the
+    log of settings changed by forced resumes (``resume=force``): one entry per resume that
+    changed a result key, ``{"from_epoch": e, "changes": {key: [old, new]}}``.
+    """
 
-    def __init__(self, config: Mapping[str, Any]) -> None:
+    def __init__(self, config: Mapping[str, Any],
+                 changes: list[dict[str, Any]] | None = None) -> None:
         self.config = dict(config)
+        self.changes = list(changes or [])
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         checkpoint[RUN_CONFIG_KEY] = self.config
+        checkpoint[CHANGES_KEY] = self.changes
+
+
+def changed_settings(ckpt: Mapping[str, Any], config: Mapping[str, Any]
+                     ) -> dict[str, list[Any]]:
+    """``{key: [stored, this run's]}`` for the result keys present in both (a setting added to
+    the code base after the checkpoint was written is not a change)."""
+    stored = ckpt.get(RUN_CONFIG_KEY)
+    if not isinstance(stored, Mapping):
+        return {}
+    return {k: [stored[k], config[k]] for k in config if k in stored and stored[k] != config[k]}
 
 
 def check_resume(ckpt: Mapping[str, Any], path: str | os.PathLike, config: Mapping[str, Any],
-                 module: torch.nn.Module) -> None:
+                 module: torch.nn.Module, force: bool = False) -> dict[str, list[Any]]:
     """Refuse to resume from a checkpoint written by a different run or model.
 
-    Compares the stored run settings with this run's (keys present in both; a setting added to
-    the code base after the checkpoint was written is not a mismatch) and the parameter names and
-    shapes with ``module``'s.
+    Compares the stored result keys with this run's (:func:`changed_settings`) and the parameter
+    names and shapes with ``module``'s. With ``force`` a settings change is allowed (and
+    returned, to be recorded); a different model never is.
 
+    :returns: the changed settings (empty unless ``force``).
     :raises UserError: naming the first differences and how to proceed.
     """
     fix = ("re-run with the settings it was written with, use a fresh run folder "
-           "(hydra.run.dir=...), or pass resume=false to overwrite it")
-    stored = ckpt.get(RUN_CONFIG_KEY)
-    if isinstance(stored, Mapping):
-        diff = [f"{k}={stored[k]!r} (this run: {config[k]!r})" for k in config
-                if k in stored and stored[k] != config[k]]
-        if diff:
-            more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
-            raise UserError(f"{path} belongs to a different run: it was written with "
-                            f"{', '.join(diff[:3])}{more}; {fix}.")
+           "(hydra.run.dir=...), pass resume=force to continue with the new settings (recorded "
+           "in results.json), or resume=false to overwrite it")
+    changes = changed_settings(ckpt, config)
+    if changes and not force:
+        diff = [f"{k}={old!r} (this run: {new!r})" for k, (old, new) in changes.items()]
+        more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
+        raise UserError(f"{path} belongs to a different run: it was written with "
+                        f"{', '.join(diff[:3])}{more}; {fix}.")
     own = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
     problems = [f"missing {k}" for k in own if k not in theirs]
@@ -107,8 +125,11 @@ def check_resume(ckpt: Mapping[str, Any], path: str | os.PathLike, config: Mappi
                  for k in own if k in theirs and theirs[k] != own[k]]
     if problems:
         more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        fix = ("use a fresh run folder (hydra.run.dir=...) or pass resume=false to overwrite "
+               "it")
         raise UserError(f"{path} was written by a different model ({'; '.join(problems[:3])}"
                         f"{more}); {fix}.")
+    return changes
 
 
 def stale_checkpoint(cfg: DictConfig, output_dir: str | os.PathLike) -> list[str]:
@@ -122,29 +143,43 @@ def stale_checkpoint(cfg: DictConfig, output_dir: str | os.PathLike) -> list[str
     if not last.exists():
         return []
     try:
-        stored = load_checkpoint(last).get(RUN_CONFIG_KEY)
+        ckpt = load_checkpoint(last)
     except UserError:
         return ["an unreadable last.ckpt"]
-    config = run_config(cfg)
-    if not isinstance(stored, Mapping):
-        return []
-    return [f"{k} {stored[k]!r} -> {config[k]!r}" for k in config
-            if k in stored and stored[k] != config[k]]
+    return [f"{k} {a!r} -> {b!r}" for k, (a, b) in changed_settings(ckpt, run_config(cfg)).items()]
+
+
+@dataclass
+class ResumePoint:
+    """Where a run starts: ``path`` (``None``: from scratch), the epoch ``last.ckpt`` ended, and
+    the log of forced config changes to keep recording (:class:`RunConfigCheckpoint`)."""
+
+    path: str | None = None
+    epoch: int | None = None
+    changes: list[dict[str, Any]] = field(default_factory=list)
 
 
 def resume_point(cfg: DictConfig, output_dir: str | os.PathLike,
-                 module: torch.nn.Module) -> tuple[str | None, int | None]:
-    """Where this run resumes: ``(<output_dir>/checkpoints/last.ckpt, its epoch)``, or
-    ``(None, None)`` for a fresh start.
+                 module: torch.nn.Module) -> ResumePoint:
+    """Where this run resumes: ``<output_dir>/checkpoints/last.ckpt`` when ``cfg.resume`` is
+    true (the default) or ``force`` and the file exists, after :func:`check_resume`.
 
-    Resumes when ``cfg.resume`` is true (the default) and ``last.ckpt`` exists; the checkpoint is
-    loaded with ``weights_only=True`` and checked with :func:`check_resume` first.
+    With ``resume=force`` and changed settings the change is logged and appended to the log
+    stored in the checkpoint, from the first epoch that runs with the new settings.
     """
+    mode = cfg.get("resume", True)
+    if mode not in RESUME_MODES:
+        raise UserError(f"resume must be true, false or force, got {mode!r}.")
     last = Path(output_dir) / "checkpoints" / "last.ckpt"
-    if not cfg.get("resume", True) or not last.exists():
-        return None, None
+    if not mode or not last.exists():
+        return ResumePoint()
     ckpt = load_checkpoint(last, "checkpoint to resume from")
-    check_resume(ckpt, last, run_config(cfg), module)
+    changes = check_resume(ckpt, last, run_config(cfg), module, force=mode == "force")
     epoch = int(ckpt.get("epoch", -1))
+    log_entries = list(ckpt.get(CHANGES_KEY) or [])
+    if changes:
+        log.warning("resume=force: continuing %s from epoch %d with changed settings: %s", last,
+                    epoch + 1, ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+        log_entries.append({"from_epoch": epoch + 1, "changes": changes})
     log.info("Resuming from %s (written at the end of epoch %d)", last, epoch)
-    return str(last), epoch
+    return ResumePoint(str(last), epoch, log_entries)

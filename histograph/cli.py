@@ -17,8 +17,9 @@ import hydra
 from omegaconf import DictConfig
 
 from histograph.config import validate_config
-from histograph.errors import UserError
+from histograph.errors import EXIT_CTRL_C, RunInterrupted, UserError
 from histograph.resolvers import config_dir
+from histograph.sweeps import jobs
 from histograph.sweeps.names import is_multirun
 
 log = logging.getLogger("histograph")
@@ -39,8 +40,6 @@ def _quiet_libraries() -> None:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    from histograph.sweeps import jobs
-
     if is_multirun():  # skip when done; a failure becomes failed.json, the sweep goes on
         _quiet_libraries()
         from histograph.train import run  # heavy (torch, PyG, Lightning): after the checks
@@ -53,10 +52,21 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
         results = run(cfg)
     except UserError as exc:
-        print(f"\nerror: {exc}" if _progress_bar_open() else f"error: {exc}",
-              file=sys.stderr, flush=True)
+        _say(f"error: {exc}")
         raise SystemExit(2) from None
+    except RunInterrupted as exc:
+        _say(f"interrupted: {exc}; checkpoints/last.ckpt keeps the completed epochs and "
+             f"interrupted.json says where; run the same command (same run folder) to resume.")
+        raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        _say("interrupted: Ctrl+C before training started; nothing was trained.")
+        raise SystemExit(EXIT_CTRL_C) from None
     return jobs.objective(results)
+
+
+def _say(line: str) -> None:
+    """One line on stderr, on a fresh line even after a progress bar."""
+    print(f"\n{line}" if _progress_bar_open() else line, file=sys.stderr, flush=True)
 
 
 def _progress_bar_open() -> bool:

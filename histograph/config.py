@@ -80,6 +80,17 @@ def validate_config(cfg: DictConfig) -> None:
     if mode == "frozen" and cfg.get("backbone_ckpt") in (None, "", "null"):
         raise UserError("mode=frozen needs backbone_ckpt=<path to a checkpoint of an earlier "
                         "run> (e.g. <run dir>/checkpoints/last.ckpt).")
+    if protocol == "ogb" and cfg.fold != 0:
+        raise UserError(f"protocol=ogb has one official split, so fold={cfg.fold} would train "
+                        f"the same job as fold=0; drop fold (sweep seed=0,1,2,... for "
+                        f"replicates).")
+    ablation = choice(cfg, "ablation")
+    readout = choice(cfg, "readout")
+    if ablation and readout and not readout.startswith("histograph"):
+        raise UserError(f"ablation={ablation} sets HISTOGRAPH's switches and readout={readout} "
+                        f"has none; use readout=histograph (or drop the ablation).")
+    if cfg.get("resume", True) not in (True, False, "force"):
+        raise UserError(f"resume must be true, false or force, got {cfg.get('resume')!r}.")
     if cfg.get("dataset") is not None and OmegaConf.is_missing(cfg.dataset, "name"):
         raise UserError("dataset=tu needs the dataset's name: add dataset.name=<TU name> "
                         "(e.g. dataset.name=ENZYMES).")

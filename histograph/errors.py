@@ -8,11 +8,33 @@ showing a stack trace; everything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import re
+import signal
 from typing import Iterable
+
+#: Exit status of a run stopped by a signal: resumable by running the same command again
+#: (``EX_TEMPFAIL``).
+EXIT_INTERRUPTED = 75
+#: Exit status of a run stopped by Ctrl+C (the shell's 128 + SIGINT).
+EXIT_CTRL_C = 130
 
 
 class UserError(Exception):
     """An error caused by the user's input; its message says what to change."""
+
+
+class RunInterrupted(Exception):
+    """A run stopped by a signal (not a failure: the same command resumes it); see
+    :mod:`histograph.training.interrupt`."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        self.name = signal.Signals(self.signum).name
+        super().__init__(f"stopped by {self.name}")
+
+    @property
+    def exit_code(self) -> int:
+        """:data:`EXIT_CTRL_C` for Ctrl+C, else :data:`EXIT_INTERRUPTED`."""
+        return EXIT_CTRL_C if self.signum == signal.SIGINT else EXIT_INTERRUPTED
 
 
 def unknown_choice(kind: str, value: object, valid: Iterable[str], hint: str = "") -> UserError:
@@ -29,6 +51,7 @@ def invalid_choice(arg: str, value: object, valid: Iterable[str]) -> ValueError:
 
 
 _ARG = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_UNEXPECTED = re.compile(r"unexpected keyword argument '(\w+)'")
 
 
 def config_error(group: str, keys: Iterable[str], exc: BaseException) -> UserError:
@@ -36,6 +59,10 @@ def config_error(group: str, keys: Iterable[str], exc: BaseException) -> UserErr
     config key: ``"layers must be ..."`` from group ``model`` -> ``"model.layers must be ..."``
     when ``layers`` is one of ``keys`` (the group's config keys), else ``"model: ..."``."""
     text = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".") + "."
+    unexpected = _UNEXPECTED.search(text)
+    if unexpected:  # an option the chosen class does not take (e.g. from another option's file)
+        return UserError(f"{group}.{unexpected.group(1)} is not an option of this {group}; "
+                         f"remove it (or pick a {group} that has it).")
     first = _ARG.match(text)
     if first and first.group() in set(keys):
         return UserError(f"{group}.{text}")

@@ -40,8 +40,9 @@ NON_RESULT_KEYS: tuple[str, ...] = (
     "trainer.matmul_precision",
     # what is shown while it runs
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
-    # run control
-    "resume",
+    # run control, and the nested CV orchestrator's own settings (each of its jobs is one
+    # training run; which grid it belongs to does not change that run's numbers)
+    "resume", "protocol.grid", "protocol.retrain", "protocol.outer_folds", "protocol.exit_zero",
 )
 
 

@@ -45,7 +45,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from histograph.analysis.aggregate import markdown_table
-from histograph.errors import UserError
+from histograph.errors import EXIT_INTERRUPTED, UserError
 from histograph.resolvers import config_dir
 from histograph.sweeps import jobs
 from histograph.utils import atomic_write_json, atomic_write_text
@@ -54,7 +54,7 @@ log = logging.getLogger("histograph")
 
 #: Override keys the orchestrator sets itself for every job, or reads itself (not job settings).
 MANAGED_KEYS = ("fold", "seed", "protocol", "nested_stage", "protocol.grid", "protocol.retrain",
-                "protocol.outer_folds")
+                "protocol.outer_folds", "protocol.exit_zero")
 ComposeFn = Callable[[list[str], Path], DictConfig]
 
 
@@ -272,8 +272,6 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------- command line
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="nested")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    from hydra.core.hydra_config import HydraConfig
-
     hydra_cfg = HydraConfig.get()
     try:
         if cfg.protocol.name != "nested":
@@ -291,6 +289,12 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     print(summary_markdown(summary), flush=True)
     print(f"[histograph] nested CV -> {Path(hydra_cfg.runtime.output_dir) / 'summary.md'}",
           flush=True)
+    if not summary["complete"] and not cfg.protocol.get("exit_zero", False):
+        code = EXIT_INTERRUPTED if jobs.stopped_by() else 1
+        print(f"[histograph] the nested CV did not finish ({summary['failed_jobs']} job(s) "
+              f"failed or were not run): exit status {code}; re-run the same command to retry "
+              f"them (protocol.exit_zero=true returns 0).", file=sys.stderr, flush=True)
+        raise SystemExit(code)
     return summary["test_mean"]
 
 

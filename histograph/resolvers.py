@@ -6,7 +6,9 @@ Resolvers (registered by :func:`register`, which ``import histograph`` calls):
   (:func:`histograph.sweeps.names.job_dir_name`);
 * ``${hg.non_result_overrides:}``: the override keys that do not change a result
   (:func:`histograph.keys.non_result_overrides`), Hydra's ``exclude_keys`` of job folder names;
-* ``${hg.root:}``: the default ``paths.root_dir`` (:func:`default_root`).
+* ``${hg.root:}``: the default ``paths.root_dir`` (:func:`default_root`);
+* ``${hg.run_id:}``: six hex digits drawn once per process (:data:`RUN_ID`), the suffix that keeps
+  run folders of the same second apart.
 
 Only OmegaConf is imported here: the command line registers these before any training library.
 """
@@ -14,6 +16,7 @@ Only OmegaConf is imported here: the command line registers these before any tra
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -21,6 +24,8 @@ from omegaconf import OmegaConf
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: The checkout (or editable install) root: the folder above the package.
 CHECKOUT_DIR = PACKAGE_DIR.parent
+#: This process's run-folder suffix (DDP ranks get their rank 0's folder passed explicitly).
+RUN_ID = secrets.token_hex(3)
 
 
 def config_dir() -> str:
@@ -57,6 +62,7 @@ def register() -> None:
 
     for name, fn in (("hg.job_dir", job_dir_name),
                      ("hg.non_result_overrides", non_result_overrides),
-                     ("hg.root", default_root)):
+                     ("hg.root", default_root),
+                     ("hg.run_id", lambda: RUN_ID)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

@@ -21,6 +21,7 @@ from histograph.config import choice
 from histograph.utils import atomic_write_json, versions
 
 RESULTS_FILE = "results.json"
+INTERRUPTED_FILE = "interrupted.json"  # histograph.training.interrupt writes it
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -34,9 +35,14 @@ def run_name(cfg: DictConfig) -> str:
 
 def results_record(cfg: DictConfig, *, data: Any, network: Any, lit: Any, trainer: Any,
                    history: dict[str, list[float]], tested: dict[str, float], selected: int,
-                   checkpoint: str, diagnostics: dict[str, Any], start: float
-                   ) -> dict[str, Any]:
-    """The ``results.json`` record of a finished run (keys in their documented order)."""
+                   checkpoint: str, diagnostics: dict[str, Any],
+                   config_changes: list[dict[str, Any]], start: float) -> dict[str, Any]:
+    """The ``results.json`` record of a finished run (keys in their documented order).
+
+    ``selected`` is the index of the selected validation round in ``history``; the record's
+    ``selected_epoch`` is its trainer epoch and ``epochs`` the epochs trained (they differ from
+    the number of rounds with ``trainer.check_val_every_n_epoch`` > 1).
+    """
     has_val = "val" in history
     model = network.model
     record: dict[str, Any] = {
@@ -52,8 +58,8 @@ def results_record(cfg: DictConfig, *, data: Any, network: Any, lit: Any, traine
         "selection": cfg.protocol.get("selection"),
         "metric": data.metric,
         "mode": cfg.mode,
-        "selected_epoch": selected,
-        "epochs": len(history["test"]),
+        "selected_epoch": int(history["epoch"][selected]),
+        "epochs": int(trainer.current_epoch),
         "val": history["val"][selected] if has_val else None,
         "test": float(tested[f"test/{data.metric}"]),
         "history": history,
@@ -68,6 +74,7 @@ def results_record(cfg: DictConfig, *, data: Any, network: Any, lit: Any, traine
         "wall_time_s": round(time.time() - start, 3),
         "run_name": run_name(cfg),
         "versions": versions(),
+        "config_changes": config_changes,  # resume=force: settings changed, from which epoch
     }
     record.update(network.record)
     record.update(diagnostics)
@@ -75,9 +82,11 @@ def results_record(cfg: DictConfig, *, data: Any, network: Any, lit: Any, traine
 
 
 def write_results(output_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
-    """Write ``<output_dir>/results.json`` atomically; return its path."""
+    """Write ``<output_dir>/results.json`` atomically (and drop the ``interrupted.json`` of an
+    earlier, resumed attempt); return its path."""
     path = Path(output_dir) / RESULTS_FILE
     atomic_write_json(path, record)
+    (Path(output_dir) / INTERRUPTED_FILE).unlink(missing_ok=True)
     return path
 
 

@@ -3,7 +3,8 @@
 :func:`run` is what the command line (:mod:`histograph.cli`), sweeps and nested CV call with a
 composed config, and what tests call. The task object (:mod:`histograph.tasks`, chosen by
 ``task=`` and ``mode=``) builds the DataModule, the network, the LightningModule and the
-diagnostics; everything task-specific lives there.
+diagnostics; everything task-specific lives there. The run holds its folder's lock and stops
+cleanly on a signal (:mod:`histograph.training.interrupt`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from histograph.checkpoints import resume_point
@@ -23,11 +25,14 @@ from histograph.config import check_devices, plain, validate_config
 from histograph.diagnostics import smoothing_metrics
 from histograph.errors import UserError
 from histograph.results import results_record, run_name, summary_line, write_results
+from histograph.sweeps.names import global_rank
 from histograph.tasks import build_task
 from histograph.training.callbacks import build_callbacks
 from histograph.training.csv_logger import resume_loggers
+from histograph.training.interrupt import (RunDirLock, RunInterrupted, SignalFlag,
+                                           write_interrupted)
 from histograph.training.loggers import finish_wandb, log_config, log_metrics, run_loggers
-from histograph.training.module import selected_epoch
+from histograph.training.module import selected_round
 from histograph.utils import prepare_output_dir, resolve_threads
 
 log = logging.getLogger("histograph")
@@ -46,7 +51,11 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list, output_dir: P
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train and evaluate one job; write ``results.json`` atomically; return the results."""
+    """Train and evaluate one job; write ``results.json`` atomically; return the results.
+
+    :raises RunInterrupted: when a signal stopped it (``interrupted.json`` is written; the same
+        command resumes it).
+    """
     start = time.time()
     validate_config(cfg)
     check_devices(cfg, torch.cuda.is_available())
@@ -54,41 +63,43 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if threads is not None:
         torch.set_num_threads(threads)
     output_dir = prepare_output_dir(cfg.paths.output_dir)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-
-    task = build_task(cfg)
-    dm = task.datamodule(cfg)
-    network = task.network(cfg, dm)
-    lit = task.lightning_module(cfg, network, dm)
-    callbacks, best = build_callbacks(cfg, output_dir, monitor=f"val/{dm.data.metric}"
-                                      if "val" in dm.eval_splits else None)
-    loggers = run_loggers(cfg, output_dir, run_name(cfg))
-    # resume from <run dir>/checkpoints/last.ckpt, refused when it belongs to another run
-    resume_from, resume_epoch = resume_point(cfg, output_dir, lit)
-    if resume_epoch is not None:
-        resume_loggers(loggers, resume_epoch)  # keep the CSV rows of the epochs already done
-    failed = True
-    try:
-        log_config(loggers, plain(cfg))
-        trainer = build_trainer(cfg, callbacks, loggers, output_dir)
-        trainer.fit(lit, datamodule=dm, ckpt_path=resume_from, weights_only=True)
-        history = lit.history  # before testing, which restores the selected epoch's copy
-        if not history["test"]:
-            raise UserError("Training ran no evaluation epoch; raise trainer.max_epochs.")
-        selected = selected_epoch(history)
-        tested = trainer.test(lit, datamodule=dm, ckpt_path=best.best_model_path,
-                              verbose=False, weights_only=True)[0]
-        diagnostics = task.diagnose(lit.model, dm)  # the selected (best) weights
-        log_metrics(loggers, smoothing_metrics(diagnostics, diagnostics["diagnostics_split"]),
-                    step=trainer.global_step)
-        failed = False
-    finally:
-        finish_wandb(loggers, failed)
-
+    with RunDirLock(output_dir, enabled=global_rank() == 0), SignalFlag() as flag:
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        task = build_task(cfg)
+        dm = task.datamodule(cfg)
+        network = task.network(cfg, dm)
+        lit = task.lightning_module(cfg, network, dm)
+        resume = resume_point(cfg, output_dir, lit)  # refused when it belongs to another run
+        callbacks, best = build_callbacks(cfg, output_dir, f"val/{dm.data.metric}" if "val"
+                                          in dm.eval_splits else None, flag, resume.changes)
+        loggers = run_loggers(cfg, output_dir, run_name(cfg))
+        if resume.epoch is not None:
+            resume_loggers(loggers, resume.epoch)  # keep the CSV rows of the epochs done
+        failed = True
+        try:
+            flag.check()  # a signal during start-up
+            log_config(loggers, plain(cfg))
+            trainer = build_trainer(cfg, callbacks, loggers, output_dir)
+            trainer.fit(lit, datamodule=dm, ckpt_path=resume.path, weights_only=True)
+            history = lit.history  # before testing, which restores the selected epoch's copy
+            if not history["test"]:
+                raise UserError("Training ran no evaluation epoch; raise trainer.max_epochs.")
+            tested = trainer.test(lit, datamodule=dm, ckpt_path=best.best_model_path,
+                                  verbose=False, weights_only=True)[0]
+            diagnostics = task.diagnose(lit.model, dm)  # the selected (best) weights
+            log_metrics(loggers, smoothing_metrics(diagnostics, diagnostics["diagnostics_split"]),
+                        step=trainer.global_step)
+            failed = False
+        except (RunInterrupted, SIGTERMException) as exc:
+            stop = exc if isinstance(exc, RunInterrupted) else RunInterrupted(flag.received or 15)
+            write_interrupted(output_dir, stop, lit)
+            raise stop from None
+        finally:
+            finish_wandb(loggers, failed)
     record = results_record(cfg, data=dm.data, network=network, lit=lit, trainer=trainer,
-                            history=history, tested=tested, selected=selected,
-                            checkpoint=best.best_model_path,
-                            diagnostics=diagnostics, start=start)
+                            history=history, tested=tested, selected=selected_round(history),
+                            checkpoint=best.best_model_path, diagnostics=diagnostics,
+                            config_changes=resume.changes, start=start)
     if trainer.is_global_zero:  # DDP: every rank returns the results, rank 0 writes them
         path = write_results(output_dir, record)
         print(summary_line(record, path), flush=True)

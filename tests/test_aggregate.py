@@ -194,9 +194,14 @@ def test_cli_and_user_errors(holdout_sweep, tmp_path, capsys):
 
 def test_multirun_end_callback_writes_the_tables(holdout_sweep, capsys):
     cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(holdout_sweep)}}})
-    ReportOnMultirunEnd(plots=False).on_multirun_end(cfg)
+    with pytest.raises(SystemExit) as info:  # jobs failed: the sweep must not return 0
+        ReportOnMultirunEnd(plots=False).on_multirun_end(cfg)
+    assert info.value.code == 1
     assert (holdout_sweep / "summary.md").exists()
-    assert "aggregated 6 jobs into 2 rows (2 failed or missing)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "aggregated 6 jobs into 2 rows (2 failed, interrupted or missing)" in out
+    assert "exit status 1" in out
+    ReportOnMultirunEnd(plots=False, exit_zero=True).on_multirun_end(cfg)  # opted out: no exit
     # a broken sweep dir is logged, never raised (the jobs' results must survive)
     ReportOnMultirunEnd(plots=False).on_multirun_end(
         OmegaConf.create({"hydra": {"sweep": {"dir": str(holdout_sweep / "missing")}}}))

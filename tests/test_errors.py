@@ -50,8 +50,16 @@ def _fails(cfg, match: str, out: Path) -> UserError:
     (["protocol.val_fraction=0.001"], r"protocol\.val_fraction=0\.001 cannot hold out a "
                                       r"stratified validation set"),
     (["protocol.folds=200"], r"fewer than the 200 folds"),
+    (["seed=4294967296"], r"seed must be an integer >= 0 and <= 4294967295"),
+    (["data.eval_batch_size=-1"], r"data\.eval_batch_size must be an integer >= 1, got -1"),
+    (["dataset=tu"], r"dataset=tu needs the dataset's name: add dataset\.name="),
+    (["ablation=softmax", "readout=mean"], r"ablation=softmax sets HISTOGRAPH's switches and "
+                                           r"readout=mean has none"),
+    (["readout=mean", "+readout.heads_typo=3"], r"readout\.heads_typo is not an option of this "
+                                                r"readout; remove it"),
 ], ids=["layers0", "layers-neg", "layers-abc", "heads", "fold-high", "fold-neg", "protocol",
-        "lr-type", "val-fraction-empty", "too-many-folds"])
+        "lr-type", "val-fraction-empty", "too-many-folds", "seed-2**32", "eval-batch-neg",
+        "tu-no-name", "ablation-mean", "unknown-option"])
 def test_bad_config_value(overrides, match, cfg_factory, tmp_path):
     _fails(cfg_factory(SMALL + overrides), match, tmp_path / "run")
 

@@ -27,6 +27,9 @@ NON_RESULT_EXAMPLES = {
     "trainer.enable_progress_bar": "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary": "trainer.enable_model_summary=true",
     "trainer.log_every_n_steps": "trainer.log_every_n_steps=1", "resume": "resume=false",
+    "protocol.grid": "+protocol.grid=['model.hidden=8']", "protocol.retrain": "+protocol.retrain=5",
+    "protocol.outer_folds": "+protocol.outer_folds=[0]",
+    "protocol.exit_zero": "+protocol.exit_zero=true",
 }
 RESULT_EXAMPLES = ["model.layers=3", "readout=mean", "optimizer.lr=0.001", "seed=3",
                    "data.batch_size=16", "data.eval_batch_size=64", "trainer.max_epochs=7",

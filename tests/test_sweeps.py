@@ -236,14 +236,14 @@ def test_unfinished_job_with_a_changed_config_starts_over(tmp_path, data_dir, mo
 
 
 # ---------------------------------------------------------------------- real sweeps
-def _sweep(args: list[str], log_dir: Path, data_dir: Path, timeout: int = 600
-           ) -> subprocess.CompletedProcess:
+def _sweep(args: list[str], log_dir: Path, data_dir: Path, timeout: int = 600,
+           expect: int = 0) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "train.py", "-m", *SMOKE, f"paths.log_dir={log_dir}",
            f"paths.data_dir={data_dir}", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False,
                           timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == expect, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
@@ -259,7 +259,10 @@ def test_joblib_sweep_one_failing_job_then_rerun_trains_nothing(tmp_path, data_d
     basic launcher (cheaper here than joblib's worker start-up): job folders do not depend on
     the launcher, so it finds the 3 finished jobs and skips them."""
     args = ["model.layers=1", "model.hidden=16,18"]
-    _sweep(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *args], tmp_path, data_dir)
+    # a job failed: the sweep writes its summary, then exits 1 (not 0)
+    proc = _sweep(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *args], tmp_path,
+                  data_dir, expect=1)
+    assert "the sweep did not finish (1 of 4 jobs): exit status 1" in proc.stdout
     sweep = tmp_path / "sweeps" / "depth_sweep_smoke"
     done = sorted(p.parent.name for p in sweep.glob("*/done.json"))
     failed = sorted(p.parent.name for p in sweep.glob("*/failed.json"))
@@ -278,7 +281,7 @@ def test_joblib_sweep_one_failing_job_then_rerun_trains_nothing(tmp_path, data_d
         assert pngs[name].is_file() and pngs[name].parent == sweep, name
 
     before = _job_files(sweep)
-    proc = _sweep(args, tmp_path, data_dir)
+    proc = _sweep(args, tmp_path, data_dir, expect=1)
     log = proc.stdout + proc.stderr
     assert log.count("Skipping") == 3, log[-3000:]
     assert "Restoring states" not in log and "Resuming" not in log

@@ -2,7 +2,9 @@
 
 A *job dir* is any folder (at any depth under the sweep dir) that holds ``.hydra/overrides.yaml``;
 it is ``done`` when it holds ``results.json``, ``failed`` when it holds ``failed.json`` (keys
-``error``, ``traceback``, ``overrides``) and ``missing`` otherwise (killed, or still running).
+``error``, ``traceback``, ``overrides``), ``interrupted`` when a signal stopped it
+(``interrupted.json``: resumable by re-running the sweep) and ``missing`` otherwise (killed, or
+still running).
 When the sweep dir holds Hydra's ``multirun.yaml`` and the sweeper is Hydra's basic sweeper, the
 expected jobs are re-expanded from ``hydra.overrides.task`` (and ``hydra.sweeper.params``) with
 Hydra's own parser, so a job that never started is listed as ``missing`` too.
@@ -68,7 +70,7 @@ def is_axis_key(key: str) -> bool:
     Non-axis overrides stay columns of ``jobs.csv``."""
     key = _key(key)
     return is_result_key(key) and key not in REPLICATE_KEYS and key not in PER_JOB_KEYS
-STATUSES = ("done", "failed", "missing")
+STATUSES = ("done", "failed", "interrupted", "missing")
 GIN_SELECTION = ("OPTIMISTIC: epoch with the best test accuracy averaged over the folds "
                  "(selection on test)")
 
@@ -245,6 +247,11 @@ def _job_record(job_dir: Path, root: Path) -> tuple[dict[str, Any], list[str], d
         row["status"] = "failed"
         error = str(failure.get("error") or "failed (no message)").strip()
         row["error"] = error.splitlines()[0] if error else "failed"
+    elif (job_dir / "interrupted.json").is_file():
+        stop = _read_json(job_dir / "interrupted.json") or {}
+        row["status"] = "interrupted"
+        row["error"] = (f"stopped by {stop.get('signal', 'a signal')} after "
+                        f"{stop.get('completed_epochs', '?')} epochs (resumable)")
     else:
         row["error"] = "no results.json (never finished: killed, or still running)"
     return row, [str(o) for o in overrides], results
@@ -353,6 +360,7 @@ def summarize(jobs: pd.DataFrame, keys: Sequence[str], results: dict[str, dict]
             "n_expected": int(len(group)),
             "n_failed": int((group["status"] == "failed").sum()),
             "n_missing": int((group["status"] == "missing").sum()),
+            "n_interrupted": int((group["status"] == "interrupted").sum()),
         })
         row["complete"] = row["n"] == row["n_expected"]
         val = done["val"].dropna().astype(float).to_numpy()
@@ -434,7 +442,9 @@ def summary_markdown(summary: pd.DataFrame, jobs: pd.DataFrame, keys: Sequence[s
                      _pct(r["val_mean"], r["val_std"]), _pct(r["test_mean"], r["test_std"]),
                      "" if pd.isna(r["selected_epoch"]) else f"{round(r['selected_epoch'], 1):g}",
                      "yes" if r["complete"] else
-                     f"NO ({r['n_failed']} failed, {r['n_missing']} missing)",
+                     f"NO ({r['n_failed']} failed, {r['n_missing']} missing"
+                     + (f", {r['n_interrupted']} interrupted)" if r.get("n_interrupted")
+                        else ")"),
                      _pct(r.get("testsel_mean"), r.get("testsel_std"))])
     out += [markdown_table(header, rows), ""]
     rules = summary.dropna(subset=["protocol"]).drop_duplicates("protocol")

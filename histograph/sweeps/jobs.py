@@ -13,7 +13,11 @@
   re-raise the first failure when the sweep ends, skipping the ``on_multirun_end`` aggregation);
 * a finished job whose result config changed since (e.g. an edited experiment preset) is not
   silently kept: its outputs move to ``superseded/<UTC time>/`` and the job trains again; so does
-  an unfinished one whose ``last.ckpt`` came from another config.
+  an unfinished one whose ``last.ckpt`` came from another config;
+* a job stopped by a signal (:class:`~histograph.training.interrupt.RunInterrupted`) leaves
+  ``interrupted.json`` (no ``failed.json``: it is resumable) and every later job of the same
+  process is not started, so that the sweep ends, writes its summary and exits non-zero
+  (:mod:`histograph.sweeps.callbacks`).
 
 Hydra multiruns call it through :func:`run_idempotent`; :mod:`histograph.nested` calls it for
 every grid point and retrain. A DDP job of a sweep runs one launcher task per rank
@@ -38,7 +42,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from histograph.errors import UserError
+from histograph.errors import RunInterrupted, UserError
 from histograph.keys import changed_keys, describe_changes, digest, result_config
 from histograph.sweeps.names import global_rank, job_overrides
 from histograph.utils import atomic_write_json
@@ -48,16 +52,20 @@ log = logging.getLogger("histograph")
 DONE_FILE = "done.json"
 FAILED_FILE = "failed.json"
 RESULTS_FILE = "results.json"
+INTERRUPTED_FILE = "interrupted.json"
 #: Outputs of a finished job that move to ``superseded/<time>/`` when its config changed.
-JOB_OUTPUTS = (RESULTS_FILE, DONE_FILE, FAILED_FILE, "checkpoints", "csv", "wandb",
-               "tensorboard")
+JOB_OUTPUTS = (RESULTS_FILE, DONE_FILE, FAILED_FILE, INTERRUPTED_FILE, "checkpoints", "csv",
+               "wandb", "tensorboard")
+#: Set when a job of this process was stopped by a signal: the sweep stops starting jobs.
+_stopped_by: str | None = None
 
 
 @dataclass
 class JobOutcome:
     """What :func:`run_job` did: ``status`` is ``"done"`` (trained now), ``"skipped"`` (done
-    before, same config) or ``"failed"``; ``results`` is the ``results.json`` record (``None``
-    when failed), ``error`` the one-line failure."""
+    before, same config), ``"failed"``, ``"interrupted"`` (stopped by a signal, resumable) or
+    ``"not_started"`` (an earlier job of this sweep was interrupted); ``results`` is the
+    ``results.json`` record (``None`` unless done or skipped), ``error`` the one-line reason."""
 
     status: str
     results: dict[str, Any] | None = None
@@ -229,7 +237,11 @@ def run_job(cfg: DictConfig, run: Callable[[DictConfig], dict[str, Any]],
     :param run: trains and evaluates the job, returns its results (``histograph.train.run``).
     :param overrides: the job's overrides, recorded in the markers.
     """
+    global _stopped_by
     job_dir = Path(cfg.paths.output_dir)
+    if _stopped_by is not None:
+        return JobOutcome("not_started", error=f"not started: the sweep was stopped by "
+                                               f"{_stopped_by}")
     try:
         setup_distributed(cfg)  # may export RANK (submitit tasks as DDP ranks)
         rank0 = global_rank() == 0
@@ -243,8 +255,15 @@ def run_job(cfg: DictConfig, run: Callable[[DictConfig], dict[str, Any]],
                 return JobOutcome("skipped", results)
         if rank0:
             _clear_stale(cfg, job_dir, done, current)
-            (job_dir / FAILED_FILE).unlink(missing_ok=True)  # a stale marker would mislead
+            for stale in (FAILED_FILE, INTERRUPTED_FILE):  # a stale marker would mislead
+                (job_dir / stale).unlink(missing_ok=True)
         results = run(cfg)
+    except RunInterrupted as exc:
+        _stopped_by = exc.name
+        if global_rank() == 0:
+            print(f"[histograph] INTERRUPTED {job_dir}: {exc}; the same command resumes it",
+                  file=sys.stderr, flush=True)
+        return JobOutcome("interrupted", error=str(exc))
     except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the others
         if global_rank() == 0:
             path = write_failed(job_dir, exc, overrides)
@@ -255,6 +274,11 @@ def run_job(cfg: DictConfig, run: Callable[[DictConfig], dict[str, Any]],
     if rank0:
         write_done(job_dir, results, current, overrides)
     return JobOutcome("done", results)
+
+
+def stopped_by() -> str | None:
+    """The signal that stopped a job of this process (then no further job starts), or None."""
+    return _stopped_by
 
 
 def run_idempotent(cfg: DictConfig, run: Callable[[DictConfig], dict[str, Any]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 from hydra.utils import instantiate
@@ -11,10 +12,12 @@ from omegaconf import DictConfig
 
 from histograph.checkpoints import RunConfigCheckpoint, run_config
 from histograph.training.guards import FiniteLossGuard
+from histograph.training.interrupt import SignalFlag, StopOnSignal
 from histograph.training.rng_state import RNGStateCheckpoint
 
 
-def build_callbacks(cfg: DictConfig, output_dir: Path, monitor: str | None
+def build_callbacks(cfg: DictConfig, output_dir: Path, monitor: str | None,
+                    flag: SignalFlag, config_changes: list[dict[str, Any]]
                     ) -> tuple[list[pl.Callback], ModelCheckpoint]:
     """The run's callbacks and, separately, the one whose best checkpoint is tested.
 
@@ -23,8 +26,10 @@ def build_callbacks(cfg: DictConfig, output_dir: Path, monitor: str | None
     * ``checkpoints/last.ckpt`` after *every* epoch, for resuming (Lightning 2.6's
       ``save_last=True`` writes it only when the monitored checkpoint improved, hence a second
       :class:`~lightning.pytorch.callbacks.ModelCheckpoint`);
-    * the RNG states and the run's settings stored in every checkpoint (exact, checked resume);
-    * the non-finite loss/gradient guard;
+    * the RNG states, the run's settings and the log of forced config changes stored in every
+      checkpoint (exact, checked resume);
+    * the non-finite loss/gradient guard, and the stop at the next batch once ``flag`` holds a
+      signal (:mod:`histograph.training.interrupt`);
     * the configured ones (``cfg.callbacks``, e.g. early stopping).
     """
     folder = str(output_dir / "checkpoints")
@@ -33,5 +38,5 @@ def build_callbacks(cfg: DictConfig, output_dir: Path, monitor: str | None
     last = ModelCheckpoint(dirpath=folder, filename="last", monitor=None, save_top_k=1,
                            enable_version_counter=False)
     configured = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    return [best, last, RNGStateCheckpoint(), FiniteLossGuard(),
-            RunConfigCheckpoint(run_config(cfg)), *configured], best
+    return [best, last, RNGStateCheckpoint(), FiniteLossGuard(), StopOnSignal(flag),
+            RunConfigCheckpoint(run_config(cfg), config_changes), *configured], best

@@ -58,8 +58,10 @@ class LitGraphClassifier(pl.LightningModule):
         self._loss_sum: dict[str, Tensor] = {}
         self._loss_count: dict[str, int] = {}
         self.test_layer_weights: list[float] | None = None
+        # one entry per validation round; "epoch" is the trainer's epoch of each round (every
+        # epoch by default; every n-th with trainer.check_val_every_n_epoch=n)
         self.history: dict[str, list[float]] = {
-            "train_loss": [], f"train_{metric}": [], "val_loss": [],
+            "epoch": [], "train_loss": [], f"train_{metric}": [], "val_loss": [],
             **{s: [] for s in self.eval_splits}}
 
     # ------------------------------------------------------------------ steps
@@ -141,6 +143,7 @@ class LitGraphClassifier(pl.LightningModule):
         if self.trainer.sanity_checking:
             return
         h = self.history
+        h["epoch"].append(self.current_epoch)
         for split, value in evaluated.items():
             h[split].append(float(value))
         if losses.get("val") is not None:
@@ -157,6 +160,8 @@ class LitGraphClassifier(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "histograph_history" in checkpoint:
             self.history = {k: list(v) for k, v in checkpoint["histograph_history"].items()}
+            if "epoch" not in self.history:  # written before rounds were numbered: every epoch
+                self.history["epoch"] = list(range(len(self.history["test"])))
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch(["test"])
@@ -173,8 +178,9 @@ class LitGraphClassifier(pl.LightningModule):
                 "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
-def selected_epoch(history: dict[str, list[float]]) -> int:
-    """The first epoch with the best validation metric (the last epoch without validation).
+def selected_round(history: dict[str, list[float]]) -> int:
+    """Index (validation round) of the first best validation metric (the last round without
+    validation); ``history["epoch"][index]`` is its trainer epoch.
 
     Matches :class:`~lightning.pytorch.callbacks.ModelCheckpoint` with ``mode="max"``, which
     replaces its best checkpoint only on a strict improvement.
