@@ -108,7 +108,9 @@ if ! running slurmctld && ! running slurmd && ! running slurmdbd; then
   if [ "$ACCOUNTING" = 1 ]; then
     ACCT="AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
-AccountingStoragePort=$DBD_PORT"
+AccountingStoragePort=$DBD_PORT
+# the munge socket for talking to slurmdbd (default /run/munge/munge.socket.2, not AuthInfo's)
+AccountingStoragePass=$DIR/munge/munge.socket.2"
   fi
   : > "$DIR/etc/plugstack.conf"
   awk -v acct="$ACCT" '{ if ($0 == "@ACCOUNTING@") print acct; else print }' "$HERE/slurm.conf.in" |
@@ -125,8 +127,13 @@ AccountingStoragePort=$DBD_PORT"
 fi
 
 wait_for() {  # wait_for <seconds> <what> <command...>
-  local t=$1 what=$2 i; shift 2
-  for ((i = 0; i < t * 10; i++)); do "$@" > /dev/null 2>&1 && return 0; sleep 0.1; done
+  local t=$1 what=$2 end; shift 2
+  end=$(($(date +%s) + t))
+  while [ "$(date +%s)" -lt "$end" ]; do
+    if declare -F "$1" > /dev/null; then "$@" > /dev/null 2>&1 && return 0
+    else timeout 10 "$@" > /dev/null 2>&1 && return 0; fi
+    sleep 0.1
+  done
   die "$what not ready after ${t}s (logs in $DIR/log, $DIR/munge)"
 }
 
