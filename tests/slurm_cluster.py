@@ -11,20 +11,21 @@ only when ``HISTOGRAPH_SLURM_TESTS=1`` or pytest was run with ``-m slurm``; othe
 running cluster or skips. ``HISTOGRAPH_SLURM_REQUIRED=1`` turns a skip into a failure (CI that must
 exercise Slurm). ``HISTOGRAPH_SLURM_ACCOUNTING=1`` starts it with slurmdbd + mariadb (``sacct``).
 
-The parsers (:func:`parse_scontrol_nodes`, :func:`parse_sinfo_nodes`, :func:`parse_gres_gpus`) are
-pure functions of a command's text output, so they can move into the package unchanged.
+The node-limit parsers live in the package (:mod:`histograph.sweeps.slurm`), which checks a sweep's
+request against the same ``sinfo`` output before submitting it.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from histograph.sweeps.slurm import SINFO_FORMAT, parse_sinfo_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts" / "slurm"
@@ -36,91 +37,6 @@ ACCOUNTING_BINARIES = ("/usr/sbin/slurmdbd", "/usr/sbin/mariadbd", "/usr/bin/mar
 
 class ClusterUnavailable(RuntimeError):
     """start.sh failed; the message holds the tail of its output."""
-
-
-# ----------------------------------------------------------------------------- parsers (pure)
-_KEY = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_:/]*)=")
-
-
-def parse_kv_line(line: str) -> dict[str, str]:
-    """``Key=value Key2=value with spaces ...`` (one ``scontrol show ... -o`` line) -> dict.
-
-    A key is a word right after whitespace and before ``=``; values may hold spaces (``OS=Linux
-    6.1 #1 SMP``, ``Reason=...``) and ``=`` (``CfgTRES=cpu=8,mem=24105M``).
-    """
-    matches = list(_KEY.finditer(line))
-    out: dict[str, str] = {}
-    for m, nxt in zip(matches, matches[1:] + [None]):
-        end = nxt.start() if nxt is not None else len(line)
-        out[m.group(1)] = line[m.end():end].strip()
-    return out
-
-
-def parse_gres_gpus(gres: str) -> int:
-    """GPUs in a Gres string: ``gpu:2``, ``gpu:a100:4(S:0-1)``, ``gpu:a100:2,gpu:v100:1,shard:8``,
-    ``(null)`` or empty -> 2, 4, 3, 0."""
-    total = 0
-    for part in re.split(r",(?![^(]*\))", gres or ""):
-        part = re.sub(r"\(.*?\)", "", part).strip()
-        bits = part.split(":")
-        if bits[0] != "gpu":
-            continue
-        count = bits[-1] if len(bits) > 1 else "1"
-        total += int(count) if count.isdigit() else 1
-    return total
-
-
-def _int(value: str | None) -> int | None:
-    m = re.match(r"\d+", value or "")
-    return int(m.group()) if m else None
-
-
-def parse_scontrol_nodes(text: str) -> dict[str, dict]:
-    """Output of ``scontrol show node -o`` (one line per node) -> ``{node: limits}``.
-
-    ``limits``: ``cpus`` (CPUTot, what jobs can get), ``memory_mb`` (RealMemory: the largest
-    ``--mem`` a job can ask; ``mem_gb`` must be <= memory_mb / 1024), ``gpus`` (from Gres),
-    ``state`` (IDLE, MIXED, IDLE+DRAIN, ...), ``partitions`` (list), ``raw`` (all fields).
-    """
-    nodes: dict[str, dict] = {}
-    for line in text.splitlines():
-        if "NodeName=" not in line:
-            continue
-        kv = parse_kv_line(line.strip())
-        nodes[kv["NodeName"]] = {
-            "cpus": _int(kv.get("CPUTot")),
-            "memory_mb": _int(kv.get("RealMemory")),
-            "gpus": parse_gres_gpus(kv.get("Gres", "")),
-            "state": kv.get("State", ""),
-            "partitions": [p for p in kv.get("Partitions", "").split(",") if p],
-            "raw": kv,
-        }
-    return nodes
-
-
-SINFO_FORMAT = "%N|%c|%m|%G|%P|%T"   # sinfo -h -N -o "$SINFO_FORMAT"
-
-
-def parse_sinfo_nodes(text: str) -> dict[str, dict]:
-    """Output of ``sinfo -h -N -o '%N|%c|%m|%G|%P|%T'`` (a line per node and partition) ->
-    ``{node: {cpus, memory_mb, gpus, state, partitions, default_partition}}``.
-
-    ``%m`` is the node's memory in MB, ``%c`` its CPUs, ``%G`` its Gres; the default partition
-    carries a ``*`` in ``%P``.
-    """
-    nodes: dict[str, dict] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        name, cpus, mem, gres, part, state = (f.strip() for f in line.split("|")[:6])
-        node = nodes.setdefault(name, {"cpus": _int(cpus), "memory_mb": _int(mem),
-                                       "gpus": parse_gres_gpus(gres), "state": state,
-                                       "partitions": [], "default_partition": None})
-        if part.endswith("*"):
-            part = part[:-1]
-            node["default_partition"] = part
-        node["partitions"].append(part)
-    return nodes
 
 
 # ----------------------------------------------------------------------------- cluster

@@ -15,7 +15,7 @@ def test_every_package_folder_is_listed_in_pyproject():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
                  ["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts)
-             for p in (ROOT / "histograph").rglob("__init__.py")}
+             for top in ("histograph", "hydra_plugins") for p in (ROOT / top).rglob("__init__.py")}
     assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages"
     assert "histograph.configs" in listed
 

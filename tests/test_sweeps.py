@@ -52,7 +52,7 @@ def test_sweep_and_job_dirs_come_from_overrides_not_time(tmp_path, data_dir):
 
 def test_slurm_launcher_with_the_local_example_makes_a_valid_sbatch_script(tmp_path,
                                                                           monkeypatch):
-    """configs/local.example fills hydra/launcher=slurm; submitit accepts every field."""
+    """docs/local.example.yaml fills hydra/launcher=slurm; submitit accepts every field."""
     import shutil
 
     import submitit
@@ -62,7 +62,8 @@ def test_slurm_launcher_with_the_local_example_makes_a_valid_sbatch_script(tmp_p
 
     configs = tmp_path / "configs"
     shutil.copytree(ROOT / "configs", configs, ignore=shutil.ignore_patterns("local"))
-    shutil.copytree(ROOT / "configs" / "local.example", configs / "local")
+    (configs / "local").mkdir()
+    shutil.copy(ROOT / "docs" / "local.example.yaml", configs / "local" / "default.yaml")
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
         cfg = compose("train", overrides=["hydra/launcher=slurm", "experiment=depth_sweep",
@@ -84,7 +85,7 @@ def test_slurm_launcher_with_the_local_example_makes_a_valid_sbatch_script(tmp_p
     executor.update_parameters(**{k if k in base else f"slurm_{k}": v
                                   for k, v in params.items()})
     script = executor._executor._make_submission_file_text("python train.py", "uid")
-    for line in ("--partition=gpu", "--account=my-project", "--time=240", "--gpus-per-task=1",
+    for line in ("--partition=gpu", "--account=my-project", "--time=240", "--gpus-per-node=1",
                  "--cpus-per-task=4", "--mem=32GB", "--signal=USR2@120",
                  "--job-name=depth_sweep", "export OMP_NUM_THREADS=1"):
         assert line in script, line
