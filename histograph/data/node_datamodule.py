@@ -32,6 +32,8 @@ class NodeData:
     :param num_outputs: number of classes.
     :param task: always ``"multiclass"`` (cross-entropy, accuracy).
     :param metric: always ``"acc"``.
+    :param fingerprint: SHA-256 of the raw files the graph was built from
+        (:mod:`histograph.data.fingerprint`), ``None`` when unknown.
     """
 
     data: Data
@@ -42,6 +44,7 @@ class NodeData:
     metric: str = "acc"
     edge_dim: int | None = None
     encoder: str = "linear"
+    fingerprint: str | None = None
 
     def num_nodes(self, split: str) -> int:
         return int(self.data[f"{split}_mask"].sum())
