@@ -90,6 +90,13 @@ class NodeDataModule(pl.LightningDataModule):
                                 f"{split}_mask (the Planetoid public split has all three).")
         self.data = data
 
+    def data_record(self) -> dict:
+        """What data a result came from: ``{"data_fingerprint": <raw files' SHA-256>,
+        "split_sizes": {"train": n, "val": n, "test": n}}`` (nodes in each mask)."""
+        assert self.data is not None, "call setup() first"
+        return {"data_fingerprint": self.data.fingerprint,
+                "split_sizes": {split: self.data.num_nodes(split) for split in SPLITS}}
+
     def _loader(self) -> DataLoader:
         assert self.data is not None, "call setup() first"
         return DataLoader([self.data.data], batch_size=1, collate_fn=_single)
