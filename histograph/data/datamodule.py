@@ -137,6 +137,15 @@ class GraphDataModule(pl.LightningDataModule):
         """Names of the evaluation loaders served every epoch, in order."""
         return ("test",) if self.protocol == "gin" else ("val", "test")
 
+    def data_record(self) -> dict:
+        """What data a result came from: ``{"data_fingerprint": <raw files' SHA-256>,
+        "split_sizes": {"train": n, "val": n, "test": n}}`` (graphs in this fold's splits;
+        ``val`` is 0 under ``gin``, which has no validation set)."""
+        assert self.data is not None, "call setup() first"
+        return {"data_fingerprint": self.data.fingerprint,
+                "split_sizes": {key: len(self.split.get(key, ())) for key in
+                                ("train", "val", "test")}}
+
     def subset(self, key: str):
         """The graphs of split ``key`` (``train``, ``val`` or ``test``)."""
         assert self.data is not None, "call setup() first"

@@ -44,6 +44,8 @@ class GraphData:
     :param encoder: ``"linear"`` (dense float features) or ``"atom"`` (OGB categorical features).
     :param labels: one label per graph for stratified splits (``None`` for multi-task sets).
     :param official_split: ``{"train", "valid", "test"}`` index tensors when the dataset has one.
+    :param fingerprint: SHA-256 of the raw files the graphs were built from
+        (:mod:`histograph.data.fingerprint`), ``None`` when unknown (e.g. built in memory).
     """
 
     dataset: InMemoryDataset
@@ -56,6 +58,7 @@ class GraphData:
     encoder: str = "linear"
     labels: np.ndarray | None = None
     official_split: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    fingerprint: str | None = None
 
     def __len__(self) -> int:
         return len(self.dataset)

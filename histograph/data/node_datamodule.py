@@ -32,6 +32,8 @@ class NodeData:
     :param num_outputs: number of classes.
     :param task: always ``"multiclass"`` (cross-entropy, accuracy).
     :param metric: always ``"acc"``.
+    :param fingerprint: SHA-256 of the raw files the graph was built from
+        (:mod:`histograph.data.fingerprint`), ``None`` when unknown.
     """
 
     data: Data
@@ -42,6 +44,7 @@ class NodeData:
     metric: str = "acc"
     edge_dim: int | None = None
     encoder: str = "linear"
+    fingerprint: str | None = None
 
     def num_nodes(self, split: str) -> int:
         return int(self.data[f"{split}_mask"].sum())
@@ -86,6 +89,13 @@ class NodeDataModule(pl.LightningDataModule):
                 raise UserError(f"{data.name} has no {split} nodes; use a dataset with a "
                                 f"{split}_mask (the Planetoid public split has all three).")
         self.data = data
+
+    def data_record(self) -> dict:
+        """What data a result came from: ``{"data_fingerprint": <raw files' SHA-256>,
+        "split_sizes": {"train": n, "val": n, "test": n}}`` (nodes in each mask)."""
+        assert self.data is not None, "call setup() first"
+        return {"data_fingerprint": self.data.fingerprint,
+                "split_sizes": {split: self.data.num_nodes(split) for split in SPLITS}}
 
     def _loader(self) -> DataLoader:
         assert self.data is not None, "call setup() first"

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from torch_geometric.datasets import Planetoid
 
+from histograph.data.fingerprint import load_processed
+from histograph.data.locks import dataset_lock
 from histograph.data.mirror import MIRROR_ENV, resolve_mirror, stage
 from histograph.data.node_datamodule import NodeData
 from histograph.errors import UserError, unknown_choice
@@ -38,26 +40,30 @@ def load_planetoid(name: str, data_dir: str | os.PathLike, data_mirror: str | No
     if split not in SPLITS:
         raise unknown_choice("Planetoid split", split, SPLITS)
     root = Path(data_dir) / "Planetoid"
-    stage(f"Planetoid/{canonical}/raw", Path(data_dir), resolve_mirror(data_mirror))
     raw = root / canonical / "raw"
-    missing = [s for s in _RAW if not (raw / f"ind.{canonical.lower()}.{s}").exists()]
     offline = offline or os.environ.get("HISTOGRAPH_OFFLINE", "") not in ("", "0")
-    if missing and offline:
-        raise UserError(
-            f"No raw files for Planetoid {canonical!r}: expected {raw}/ind.{canonical.lower()}.* "
-            f"; copy them there or set paths.data_mirror (or {MIRROR_ENV}) to a folder with "
-            f"Planetoid/{canonical}/raw, or allow downloads (offline=false).")
-    try:
-        dataset = Planetoid(str(root), canonical, split=split)
-    except Exception as exc:  # noqa: BLE001 - turned into one clear sentence below
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        if missing:
-            raise UserError(f"Planetoid {canonical!r} is not in {raw} and downloading it failed "
-                            f"({type(exc).__name__}: {first}); copy the raw files there or set "
-                            f"paths.data_mirror (or {MIRROR_ENV}).") from exc
-        raise UserError(f"The raw files of Planetoid {canonical!r} in {raw} could not be read "
-                        f"({type(exc).__name__}: {first}); delete {root / canonical} and copy "
-                        f"them again.") from exc
+    with dataset_lock(data_dir, f"Planetoid/{canonical}", f"Planetoid {canonical!r}"):
+        stage(f"Planetoid/{canonical}", Path(data_dir), resolve_mirror(data_mirror))
+        missing = [s for s in _RAW if not (raw / f"ind.{canonical.lower()}.{s}").exists()]
+        if missing and offline:
+            raise UserError(
+                f"No raw files for Planetoid {canonical!r}: expected "
+                f"{raw}/ind.{canonical.lower()}.* ; copy them there or set paths.data_mirror (or "
+                f"{MIRROR_ENV}) to a folder with Planetoid/{canonical}/raw, or allow downloads "
+                f"(offline=false).")
+        try:
+            dataset, fingerprint = load_processed(
+                root / canonical, "processed", ("raw",),
+                lambda: Planetoid(str(root), canonical, split=split), f"Planetoid {canonical!r}")
+        except Exception as exc:  # noqa: BLE001 - turned into one clear sentence below
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            if missing:
+                raise UserError(f"Planetoid {canonical!r} is not in {raw} and downloading it "
+                                f"failed ({type(exc).__name__}: {first}); copy the raw files "
+                                f"there or set paths.data_mirror (or {MIRROR_ENV}).") from exc
+            raise UserError(f"The raw files of Planetoid {canonical!r} in {raw} could not be "
+                            f"read ({type(exc).__name__}: {first}); delete {root / canonical} "
+                            f"and copy them again.") from exc
     data = dataset[0]
     return NodeData(data=data, name=canonical, num_features=dataset.num_features,
-                    num_outputs=dataset.num_classes)
+                    num_outputs=dataset.num_classes, fingerprint=fingerprint)

@@ -3,7 +3,9 @@
 Splits are computed once per (dataset, k, seed, validation fraction) with scikit-learn's
 :class:`~sklearn.model_selection.StratifiedKFold` and stored beside the processed data, with the
 dataset name, its size, k and a checksum of the labels, so that a cache made for another dataset
-(or another version of it) is refused instead of silently reused.
+(or another version of it) is refused instead of silently reused. A missing cache is computed
+and written under a file lock (:mod:`histograph.data.locks`), so that concurrent jobs of a sweep
+write it once and read the same folds.
 
 Protocols (``../shared/docs/PROTOCOLS.md``):
 
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from histograph.data.locks import exclusive, lock_file
 from histograph.errors import UserError
 from histograph.utils import atomic_write_json
 
@@ -81,19 +84,21 @@ def load_or_make_folds(cache_dir: str | os.PathLike, dataset: str, labels: np.nd
     expected = {"dataset": dataset, "num_graphs": int(len(labels)), "k": int(k),
                 "seed": int(seed), "val_fraction": float(val_fraction),
                 "labels": label_checksum(labels), "version": SPLIT_VERSION}
-    if path.exists():
-        try:
-            cached = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"The split cache {path} is unreadable ({exc}); delete it to "
-                            f"recompute the splits.") from exc
-        meta = {key: cached.get(key) for key in expected}
-        if meta != expected:
-            diff = ", ".join(f"{key}={meta[key]!r} (expected {expected[key]!r})"
-                             for key in expected if meta[key] != expected[key])
-            raise UserError(f"The split cache {path} does not match this dataset ({diff}); "
-                            f"delete it to recompute the splits.")
-        return cached["folds"]
-    folds = make_folds(labels, k, seed, val_fraction)
-    atomic_write_json(path, {**expected, "folds": folds})
+    # one job computes and writes a missing cache; jobs started with it wait and read it
+    with exclusive(lock_file(cache_dir, path.stem), f"the split cache {path}"):
+        if path.exists():
+            try:
+                cached = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise UserError(f"The split cache {path} is unreadable ({exc}); delete it to "
+                                f"recompute the splits.") from exc
+            meta = {key: cached.get(key) for key in expected}
+            if meta != expected:
+                diff = ", ".join(f"{key}={meta[key]!r} (expected {expected[key]!r})"
+                                 for key in expected if meta[key] != expected[key])
+                raise UserError(f"The split cache {path} does not match this dataset ({diff}); "
+                                f"delete it to recompute the splits.")
+            return cached["folds"]
+        folds = make_folds(labels, k, seed, val_fraction)
+        atomic_write_json(path, {**expected, "folds": folds})
     return folds

@@ -17,11 +17,19 @@ import torch
 from torch_geometric.datasets import TUDataset
 from torch_geometric.utils import degree
 
+from histograph.data.fingerprint import load_processed
 from histograph.data.graphs import GraphData, InMemoryGraphs
+from histograph.data.locks import dataset_lock
 from histograph.data.mirror import MIRROR_ENV, resolve_mirror, stage
 from histograph.errors import UserError
 
 _REQUIRED = ("A", "graph_indicator", "graph_labels")
+# Sets published with node labels: without ``<name>_node_labels.txt`` PyG would give them no
+# node features and this loader one-hot degrees (another model), so the file is required.
+# IMDB-*, REDDIT-* and COLLAB have none: degree features are right for them.
+NODE_LABELLED = frozenset({
+    "AIDS", "BZR", "COX2", "DD", "DHFR", "ENZYMES", "MUTAG", "Mutagenicity", "NCI1", "NCI109",
+    "PROTEINS", "PROTEINS_full", "PTC_FM", "PTC_FR", "PTC_MM", "PTC_MR"})
 
 
 def load_tu(name: str, data_dir: str | os.PathLike, data_mirror: str | None = None,
@@ -41,30 +49,30 @@ def load_tu(name: str, data_dir: str | os.PathLike, data_mirror: str | None = No
         raise UserError(f"dataset.degree_cap must be a positive integer, got {degree_cap!r}.")
     root = Path(data_dir) / "TUDataset"
     mirror = resolve_mirror(data_mirror)
-    stage(f"TUDataset/{name}/raw", Path(data_dir), mirror)
-    raw = root / name / "raw"
-    missing = [s for s in _REQUIRED if not (raw / f"{name}_{s}.txt").exists()]
+    raw_name = "raw_cleaned" if cleaned else "raw"
+    raw = root / name / raw_name
     offline = offline or os.environ.get("HISTOGRAPH_OFFLINE", "") not in ("", "0")
-    if missing and offline:
-        raise UserError(
-            f"No raw files for TU dataset {name!r}: expected {raw}/{name}_A.txt (and the other "
-            f"{name}_*.txt files); copy them there or set paths.data_mirror (or {MIRROR_ENV}) "
-            f"to a folder with TUDataset/{name}/raw, or allow downloads (offline=false).")
-    try:
-        dataset = TUDataset(str(root), name, use_node_attr=use_node_attr, cleaned=cleaned)
-    except UserError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - turned into one clear sentence below
-        if missing:
+    with dataset_lock(data_dir, f"TUDataset/{name}", f"TU dataset {name!r}"):
+        stage(f"TUDataset/{name}", Path(data_dir), mirror)
+        missing = _check_raw_files(name, raw, offline)
+        try:
+            dataset, fingerprint = load_processed(
+                root / name, raw_name.replace("raw", "processed"), (raw_name,),
+                lambda: TUDataset(str(root), name, use_node_attr=use_node_attr, cleaned=cleaned),
+                f"TU dataset {name!r}")
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - turned into one clear sentence below
+            if missing:
+                raise UserError(
+                    f"TU dataset {name!r} is not in {raw} and downloading it failed "
+                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                    f"check the name, or copy the raw files there, or set paths.data_mirror "
+                    f"(or {MIRROR_ENV}).") from exc
             raise UserError(
-                f"TU dataset {name!r} is not in {raw} and downloading it failed "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                f"check the name, or copy the raw files there, or set paths.data_mirror "
-                f"(or {MIRROR_ENV}).") from exc
-        raise UserError(
-            f"The raw files of TU dataset {name!r} in {raw} could not be read "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); they look "
-            f"truncated or corrupt: delete {root / name} and copy them again.") from exc
+                f"The raw files of TU dataset {name!r} in {raw} could not be read "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); they "
+                f"look truncated or corrupt: delete {root / name} and copy them again.") from exc
     if len(dataset) == 0:
         raise UserError(f"TU dataset {name!r} in {raw} holds no graphs; re-copy its raw files.")
     # PyG does not check the line counts: a short file would fail only when a graph is sliced
@@ -81,7 +89,33 @@ def load_tu(name: str, data_dir: str | os.PathLike, data_mirror: str | None = No
     edge_dim = graphs.num_edge_features or None
     return GraphData(dataset=graphs, name=name, num_features=graphs.num_node_features,
                      num_outputs=num_classes, task="multiclass", metric="acc",
-                     edge_dim=edge_dim, encoder="linear", labels=np.asarray(labels))
+                     edge_dim=edge_dim, encoder="linear", labels=np.asarray(labels),
+                     fingerprint=fingerprint)
+
+
+def _check_raw_files(name: str, raw: Path, offline: bool) -> list[str]:
+    """The required raw files missing from ``raw`` (all of them: a download is allowed unless
+    ``offline``); a partial folder, or node labels missing from a set that has them, is refused.
+
+    :raises UserError: naming the missing file and where to get it.
+    """
+    missing = [s for s in _REQUIRED if not (raw / f"{name}_{s}.txt").exists()]
+    source = (f"copy it there, or set paths.data_mirror (or {MIRROR_ENV}) to a folder holding "
+              f"TUDataset/{name}/raw")
+    if missing and (offline or len(missing) < len(_REQUIRED)):
+        if len(missing) == len(_REQUIRED):
+            raise UserError(
+                f"No raw files for TU dataset {name!r}: expected {raw}/{name}_A.txt (and the "
+                f"other {name}_*.txt files); copy them there or set paths.data_mirror (or "
+                f"{MIRROR_ENV}) to a folder with TUDataset/{name}/raw, or allow downloads "
+                f"(offline=false).")
+        raise UserError(f"TU dataset {name!r} has no {raw / f'{name}_{missing[0]}.txt'} (its "
+                        f"other raw files are there); {source}.")
+    labels = raw / f"{name}_node_labels.txt"
+    if not missing and name in NODE_LABELLED and not labels.exists():
+        raise UserError(f"TU dataset {name!r} has node labels, but {labels} is missing (without "
+                        f"it the model would silently get degree features); {source}.")
+    return missing
 
 
 def _inconsistency(dataset: TUDataset) -> str | None:

@@ -64,7 +64,8 @@ class FrozenGraphTask(GraphTask):
             self.backbone = frozen.build_frozen_backbone(self.source)
             history, ptr = frozen.cached_history(
                 self.source, self.backbone, dm.data.dataset, cache=self.cache,
-                cache_dir=Path(cfg.paths.data_dir) / "frozen_cache", device=device)
+                cache_dir=Path(cfg.paths.data_dir) / "frozen_cache", device=device,
+                data_fingerprint=dm.data.fingerprint)
         self.backbone.cpu()
         self.cache_time_s = round(time.time() - start, 3)
         return dm.with_dataset(frozen.history_dataset(history, ptr, dm.data.dataset.y))

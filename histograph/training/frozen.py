@@ -10,7 +10,7 @@ in Lightning or PyG does this: it needs the project's history contract and split
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +21,12 @@ from torch import Tensor
 from torch_geometric.data import Data, InMemoryDataset
 from torch_geometric.loader import DataLoader
 
+from histograph.data.fingerprint import hash_stream
 from histograph.data.graphs import InMemoryGraphs
+from histograph.data.locks import exclusive, lock_file
 from histograph.errors import UserError
+
+log = logging.getLogger("histograph")
 
 # Split settings that must agree between the source run and the frozen run.
 SPLIT_KEYS = ("dataset", "protocol", "fold", "folds", "split_seed", "val_fraction")
@@ -128,31 +132,60 @@ def history_dataset(history: Tensor, ptr: Tensor, y: Tensor) -> InMemoryDataset:
     return InMemoryGraphs.from_collated(data, slices)
 
 
-def cache_key(source: SourceCheckpoint) -> str:
-    """Identifies a checkpoint's history cache: file content hash plus the dataset name."""
-    digest = hashlib.sha256()
+def cache_key(source: SourceCheckpoint, data_fingerprint: str | None = None) -> str:
+    """Identifies a checkpoint's history cache: the dataset name, the checkpoint file's content
+    hash and, when known, the fingerprint of the dataset's raw files (edited data: a new cache)."""
     with open(source.path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return f"{source.meta['dataset']}-{digest.hexdigest()[:16]}"
+        digest = hash_stream(fh.read)
+    key = f"{source.meta['dataset']}-{digest[:16]}"
+    return f"{key}-{data_fingerprint[:16]}" if data_fingerprint else key
 
 
 def cached_history(source: SourceCheckpoint, backbone: torch.nn.Module, dataset,
-                   cache: str, cache_dir: Path, device: torch.device | str = "cpu"
-                   ) -> tuple[Tensor, Tensor]:
-    """The history of every graph, computed once; ``cache="disk"`` reuses a file across jobs."""
+                   cache: str, cache_dir: Path, device: torch.device | str = "cpu",
+                   data_fingerprint: str | None = None) -> tuple[Tensor, Tensor]:
+    """The history of every graph, computed once; ``cache="disk"`` reuses a file across jobs.
+
+    The disk cache ``<cache_dir>/<cache_key>.pt`` is read, or computed and written (atomically),
+    under a file lock (:mod:`histograph.data.locks`): concurrent jobs compute it once and read
+    the same file. A file that cannot be read or does not fit ``dataset`` (a killed write,
+    another dataset version) counts as a miss: it is computed again, with a warning.
+    """
     if cache not in CACHES:
         raise ValueError(f"cache must be one of {', '.join(CACHES)}, got {cache!r}.")
-    path = cache_dir / f"{cache_key(source)}.pt" if cache == "disk" else None
-    if path is not None and path.exists():
-        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return saved["history"], saved["ptr"]
-    history, ptr = compute_history(backbone, dataset, device=device)
-    if path is not None:
+    if cache == "memory":
+        return compute_history(backbone, dataset, device=device)
+    path = cache_dir / f"{cache_key(source, data_fingerprint)}.pt"
+    with exclusive(lock_file(cache_dir, path.stem), f"the frozen history cache {path}"):
+        saved = _read_cache(path, dataset) if path.exists() else None
+        if saved is not None:
+            return saved
+        history, ptr = compute_history(backbone, dataset, device=device)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         torch.save({"history": history, "ptr": ptr}, tmp)
         os.replace(tmp, path)
+    return history, ptr
+
+
+def _read_cache(path: Path, dataset) -> tuple[Tensor, Tensor] | None:
+    """The cached ``(history, ptr)`` in ``path``, or ``None`` (with a warning) when the file
+    cannot be read or its node offsets are not those of ``dataset``."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        history, ptr = saved["history"], saved["ptr"]
+        nodes = (getattr(dataset, "slices", None) or {}).get("x")
+        fits = (ptr.dim() == 1 and len(ptr) == len(dataset) + 1
+                and history.size(0) == int(ptr[-1])
+                and (nodes is None or torch.equal(ptr, nodes.to(ptr.dtype))))
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a cache miss
+        log.warning("The frozen history cache %s could not be read (%s); it is computed again.",
+                    path, type(exc).__name__)
+        return None
+    if not fits:
+        log.warning("The frozen history cache %s does not fit this dataset's graphs; it is "
+                    "computed again.", path)
+        return None
     return history, ptr
 
 
