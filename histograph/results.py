@@ -33,7 +33,7 @@ def run_name(cfg: DictConfig) -> str:
     return f"{dataset}-{model}{cfg.model.layers}-{readout}{mode}-s{cfg.seed}-f{cfg.fold}"
 
 
-def results_record(cfg: DictConfig, *, data: Any, network: Any, lit: Any, trainer: Any,
+def results_record(cfg: DictConfig, *, dm: Any, network: Any, lit: Any, trainer: Any,
                    history: dict[str, list[float]], tested: dict[str, float], selected: int,
                    checkpoint: str, diagnostics: dict[str, Any],
                    config_changes: list[dict[str, Any]], start: float) -> dict[str, Any]:
@@ -43,7 +43,7 @@ def results_record(cfg: DictConfig, *, data: Any, network: Any, lit: Any, traine
     ``selected_epoch`` is its trainer epoch and ``epochs`` the epochs trained (they differ from
     the number of rounds with ``trainer.check_val_every_n_epoch`` > 1).
     """
-    has_val = "val" in history
+    has_val, data = "val" in history, dm.data
     model = network.model
     record: dict[str, Any] = {
         "dataset": data.name,
@@ -73,6 +73,7 @@ def results_record(cfg: DictConfig, *, data: Any, network: Any, lit: Any, traine
         "world_size": trainer.world_size,
         "wall_time_s": round(time.time() - start, 3),
         "run_name": run_name(cfg),
+        **dm.data_record(),  # data_fingerprint (raw files' SHA-256) and split_sizes
         "versions": versions(),
         "config_changes": config_changes,  # resume=force: settings changed, from which epoch
     }

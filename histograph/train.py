@@ -96,7 +96,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             raise stop from None
         finally:
             finish_wandb(loggers, failed)
-    record = results_record(cfg, data=dm.data, network=network, lit=lit, trainer=trainer,
+    record = results_record(cfg, dm=dm, network=network, lit=lit, trainer=trainer,
                             history=history, tested=tested, selected=selected_round(history),
                             checkpoint=best.best_model_path, diagnostics=diagnostics,
                             config_changes=resume.changes, start=start)

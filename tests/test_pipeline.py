@@ -48,6 +48,10 @@ def test_results_contract_and_artifacts(cfg_factory, tmp_path):
     assert res["protocol"] == "holdout" and res["metric"] == "acc"
     assert res["num_params"] > 0 and res["wall_time_s"] > 0
     assert not list(out.glob(".results.json.*")), "temp file left behind"
+    # every number traces to its exact data: the raw files' fingerprint and the split sizes
+    assert len(res["data_fingerprint"]) == 64 and res["split_sizes"] == {
+        "train": 152, "val": 17, "test": 19}  # MUTAG, fold 0 of 10, 10% validation
+    assert res["config_changes"] == [] and res["history"]["epoch"] == [0, 1, 2]
 
 
 @pytest.mark.parametrize("model", ["gcn", "gat", "sage", "gine"])
