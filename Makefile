@@ -16,10 +16,10 @@ endif
 endif
 ARGS ?=
 
-.PHONY: install train test test-all bench bench-quick bench-readout bench-gpu lint clean clean-venv help
+.PHONY: install train test test-all test-slurm bench bench-quick bench-readout bench-gpu lint clean clean-venv help
 
 help:
-	@echo "make install | train [ARGS='key=value ...'] | test | test-all | bench | bench-quick | bench-readout | bench-gpu | clean"
+	@echo "make install | train [ARGS='key=value ...'] | test | test-all | test-slurm | bench | bench-quick | bench-readout | bench-gpu | clean"
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,11 @@ test: install
 
 test-all: install
 	$(TEST_ENV) WANDB_MODE=offline $(PYTHON) -m pytest -q -m ""
+
+# The Slurm tests alone (slow ones included), on a local single-node Slurm they start (as root;
+# scripts/slurm/start.sh) and stop again.
+test-slurm: install
+	$(TEST_ENV) WANDB_MODE=offline HISTOGRAPH_SLURM_TESTS=1 $(PYTHON) -m pytest -q -m slurm tests/test_slurm.py
 
 # Speed tables (docs/benchmarks.md): framework overhead vs a bare PyG loop, scaling with depth and
 # graph size, start-up; then the readout benchmark. One process at a time, one torch thread.

@@ -41,38 +41,47 @@ def _cfg(tmp_path, data_dir, extra):
     return make_cfg(BASE + list(extra), tmp_path / "job", data_dir, fast=False)
 
 
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """The base job, composed once: (override_dirname, config hash, resume settings)."""
+    folder = tmp_path_factory.mktemp("keys")
+    cfg = make_cfg(BASE, folder / "job", folder / "data", fast=False)
+    return str(cfg.hydra.job.override_dirname), config_hash(cfg), run_config(cfg)
+
+
 def test_every_table_entry_has_an_example():
     assert set(NON_RESULT_EXAMPLES) == set(NON_RESULT_KEYS)
 
 
 @pytest.mark.parametrize("override", list(NON_RESULT_EXAMPLES.values()))
-def test_a_non_result_override_changes_nothing_that_identifies_a_job(override, tmp_path,
-                                                                     data_dir):
-    base, other = _cfg(tmp_path, data_dir, []), _cfg(tmp_path, data_dir, [override])
+def test_a_non_result_override_changes_nothing_that_identifies_a_job(override, base, tmp_path):
+    dirname, digest, settings = base
+    other = make_cfg(BASE + [override], tmp_path / "job", tmp_path / "data", fast=False)
     key = override.split("=", 1)[0].lstrip("+")
     assert not is_result_key(key)
     # 1. the job folder (Hydra's override_dirname, through ${hg.non_result_overrides:})
-    assert other.hydra.job.override_dirname == base.hydra.job.override_dirname
+    assert other.hydra.job.override_dirname == dirname
     # 2. the sweep's config hash
-    assert config_hash(other) == config_hash(base)
+    assert config_hash(other) == digest
     # 3. the aggregator's axes
     assert not is_axis_key(key)
     # 4. the resume check
-    assert run_config(other) == run_config(base)
+    assert run_config(other) == settings
 
 
 @pytest.mark.parametrize("override", RESULT_EXAMPLES)
-def test_a_result_override_changes_all_four(override, tmp_path, data_dir):
-    base, other = _cfg(tmp_path, data_dir, []), _cfg(tmp_path, data_dir, [override])
+def test_a_result_override_changes_all_four(override, base, tmp_path):
+    _, digest, settings = base
+    other = make_cfg(BASE + [override], tmp_path / "job", tmp_path / "data", fast=False)
     key = override.split("=", 1)[0]
     assert is_result_key(key)
     assert override in other.hydra.job.override_dirname.split(",")
-    assert config_hash(other) != config_hash(base)
+    assert config_hash(other) != digest
     assert is_axis_key(key) or key == "seed"  # seeds and folds are replicates, not axes
-    changed = {k for k in run_config(other) if run_config(other)[k] != run_config(base).get(k)}
+    changed = {k for k in run_config(other) if run_config(other)[k] != settings.get(k)}
     assert changed, override
     module = torch.nn.Linear(1, 1)
-    ckpt = {RUN_CONFIG_KEY: run_config(base), "state_dict": module.state_dict()}
+    ckpt = {RUN_CONFIG_KEY: settings, "state_dict": module.state_dict()}
     with pytest.raises(UserError, match="belongs to a different run"):
         check_resume(ckpt, "last.ckpt", run_config(other), module)
 

@@ -261,6 +261,44 @@ def test_a_killed_job_is_reported_and_only_it_is_retried(slurm_cluster, tmp_path
     print(f"re-run retried the killed job: {took:.1f} s")
 
 
+def _task_env() -> dict:
+    """Run as a Slurm task: what the scheduler gave it."""
+    import os as _os
+
+    return {k: _os.environ.get(k) for k in ("SLURM_GPUS_ON_NODE", "SLURM_NTASKS",
+                                             "SLURM_NTASKS_PER_NODE", "SLURM_PROCID")}
+
+
+@pytest.mark.slurm
+def test_the_ddp_recipe_is_accepted_and_each_task_sees_every_gpu(slurm_cluster, tmp_path,
+                                                                 cfg_factory):
+    """The submission side of `trainer=ddp trainer.devices=2` on Slurm: the configured launcher
+    (gpus_per_node = tasks_per_node = devices) passes the check and Slurm starts 2 tasks that
+    both see the node's 2 (fake) GPUs, which is what Lightning needs (with gpus_per_task=1 each
+    task would see one GPU and Lightning fails with "requested gpu [0, 1]")."""
+    import cloudpickle
+    from omegaconf import OmegaConf
+
+    from histograph.sweeps.slurm import make_executor
+
+    info = slurm_cluster
+    if info.gpus < 2:
+        pytest.skip("the test cluster has fewer than 2 (fake) GPUs")
+    cfg = cfg_factory(["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=2",
+                       "hydra.launcher.tasks_per_node=2", "hydra.launcher.gpus_per_node=2",
+                       f"hydra.launcher.partition={info.default_partition}",
+                       "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
+                       "hydra.launcher.timeout_min=60"], fast=False)
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert params["gpus_per_node"] == params["tasks_per_node"] == cfg.trainer.devices == 2
+    params["submitit_folder"] = str(tmp_path / "submitit" / "%j")
+    check_request(params, cluster_partitions())
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    tasks = make_executor(params).submit(_task_env).results()
+    assert len(tasks) == 2 and sorted(t["SLURM_PROCID"] for t in tasks) == ["0", "1"]
+    assert all(t["SLURM_GPUS_ON_NODE"] == "2" and t["SLURM_NTASKS"] == "2" for t in tasks)
+
+
 @pytest.mark.slurm
 def test_a_request_above_the_cluster_is_refused_before_submission(slurm_cluster, tmp_path,
                                                                    data_dir):

@@ -248,6 +248,17 @@ def wait_for(jobs: Sequence[Any], poll_s: float = 3.0, lost_after_s: float = 20.
     return [o for o in out if o is not None]
 
 
+def make_executor(params: dict[str, Any]) -> submitit.AutoExecutor:
+    """The submitit executor of the launcher's settings (``hydra.launcher.*``), as
+    hydra-submitit-launcher translates them (``slurm_`` prefix for Slurm-only keys)."""
+    params = {k: v for k, v in params.items() if k != "_target_"}
+    executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
+                                     slurm_max_num_timeout=params.pop("max_num_timeout", 0))
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    return executor
+
+
 # ---------------------------------------------------------------------- the launcher
 class CheckedSlurmLauncher(SubmititSlurmLauncher):
     """hydra-submitit-launcher's Slurm launcher, checked, idempotent and never stuck (see the
@@ -323,12 +334,7 @@ class CheckedSlurmLauncher(SubmititSlurmLauncher):
 
     def _submit(self, overrides: Sequence[Sequence[str]], indices: Sequence[int]) -> list[Any]:
         """Submit the jobs as one array; the same executor settings as the parent launcher."""
-        params = dict(self.params)
-        executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
-                                         slurm_max_num_timeout=params.pop("max_num_timeout", 0))
-        base = set(OmegaConf.structured(BaseQueueConf).keys())
-        executor.update_parameters(**{k if k in base else f"slurm_{k}": v
-                                      for k, v in params.items()})
+        executor = make_executor(self.params)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         state = Singleton.get_state()
         args = [(list(o), "hydra.sweep.dir", idx, f"job_id_for_{idx}", state)
