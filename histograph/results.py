@@ -9,6 +9,7 @@ frozen run's ``backbone_ckpt``), the over-smoothing diagnostics add ``dirichlet_
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -18,7 +19,10 @@ import torch
 from omegaconf import DictConfig
 
 from histograph.config import choice
+from histograph.training.collapse import collapse_verdict
 from histograph.utils import atomic_write_json, versions
+
+log = logging.getLogger("histograph")
 
 RESULTS_FILE = "results.json"
 INTERRUPTED_FILE = "interrupted.json"  # histograph.training.interrupt writes it
@@ -62,6 +66,7 @@ def results_record(cfg: DictConfig, *, dm: Any, network: Any, lit: Any, trainer:
         "epochs": int(trainer.current_epoch),
         "val": history["val"][selected] if has_val else None,
         "test": float(tested[f"test/{data.metric}"]),
+        **collapse_verdict(history, selected),  # collapsed, collapsed_from, ..._at_selected
         "history": history,
         "layer_weights": lit.test_layer_weights,
         "num_params": sum(p.numel() for p in model.parameters()),
@@ -79,6 +84,11 @@ def results_record(cfg: DictConfig, *, dm: Any, network: Any, lit: Any, trainer:
     }
     record.update(network.record)
     record.update(diagnostics)
+    if record["collapsed"]:
+        log.warning("%s collapsed: from epoch %d its predictions are (nearly) all one class or "
+                    "its training loss stays at the class prior's entropy; the reported test "
+                    "figure is a constant predictor's. Lower optimizer.lr (docs/training.md).",
+                    record["run_name"], record["collapsed_from"])
     return record
 
 
@@ -96,5 +106,7 @@ def summary_line(record: dict[str, Any], path: str | os.PathLike) -> str:
     test acc 0.89  -> <path>``."""
     metric = record["metric"]
     val = f"val {metric} {record['val']:.4f}, " if record.get("val") is not None else ""
+    flag = (f"  COLLAPSED from epoch {record['collapsed_from']} (one class)"
+            if record.get("collapsed") else "")
     return (f"[histograph] {record['run_name']}: selected epoch {record['selected_epoch']} "
-            f"({record['protocol']}): {val}test {metric} {record['test']:.4f}  -> {path}")
+            f"({record['protocol']}): {val}test {metric} {record['test']:.4f}{flag}  -> {path}")

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import sysconfig
 import tomllib
-from pathlib import Path
 
 from tests.conftest import NETGUARD_DIR, ROOT, guarded_env
 

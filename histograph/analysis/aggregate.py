@@ -55,8 +55,9 @@ log = logging.getLogger("histograph")
 
 #: ``results.json`` scalars copied into ``jobs.csv``.
 RESULT_SCALARS = ("dataset", "model", "readout", "layers", "hidden", "seed", "fold", "protocol",
-                  "metric", "selected_epoch", "epochs", "val", "test", "num_params",
-                  "wall_time_s", "mode", "selection")
+                  "metric", "selected_epoch", "epochs", "val", "test", "collapsed",
+                  "collapsed_from", "collapsed_at_selected", "num_params", "wall_time_s", "mode",
+                  "selection")
 #: Override keys that are repetitions of one setting, not axes of the comparison.
 REPLICATE_KEYS = ("seed", "fold")
 #: Result keys that are per-job inputs rather than settings (a frozen run's source checkpoint
@@ -363,6 +364,10 @@ def summarize(jobs: pd.DataFrame, keys: Sequence[str], results: dict[str, dict]
             "n_interrupted": int((group["status"] == "interrupted").sum()),
         })
         row["complete"] = row["n"] == row["n_expected"]
+        # runs that ended predicting one class (histograph/training/collapse.py): counted, and
+        # shown beside the mean they are part of
+        row["n_collapsed"] = int(done["collapsed"].fillna(False).astype(bool).sum()) \
+            if "collapsed" in done else 0
         val = done["val"].dropna().astype(float).to_numpy()
         test = done["test"].dropna().astype(float).to_numpy()
         row.update(val_mean=float(val.mean()) if len(val) else math.nan, val_std=_std(val),
@@ -431,8 +436,10 @@ def summary_markdown(summary: pd.DataFrame, jobs: pd.DataFrame, keys: Sequence[s
     if constant:
         out += ["Fixed overrides: " + ", ".join(f"`{k}={v}`" for k, v in constant.items()), ""]
     out += ["Metric in % (mean ± population std over the runs of each row; n = finished runs / "
-            "expected runs). `gin` rows are OPTIMISTIC (epoch selected on the test folds).", ""]
-    header = [*axes, "protocol", "metric", "n", "val", "test", "epoch", "complete",
+            "expected runs). `gin` rows are OPTIMISTIC (epoch selected on the test folds). "
+            "`collapsed`: finished runs that ended predicting (nearly) one class, included in "
+            "the mean (docs/training.md).", ""]
+    header = [*axes, "protocol", "metric", "n", "val", "test", "epoch", "collapsed", "complete",
               "test if selected on test"]
     rows = []
     for _, r in summary.iterrows():
@@ -441,6 +448,7 @@ def summary_markdown(summary: pd.DataFrame, jobs: pd.DataFrame, keys: Sequence[s
         rows.append([*(r[a] for a in axes), label, r["metric"], f"{r['n']}/{r['n_expected']}",
                      _pct(r["val_mean"], r["val_std"]), _pct(r["test_mean"], r["test_std"]),
                      "" if pd.isna(r["selected_epoch"]) else f"{round(r['selected_epoch'], 1):g}",
+                     f"{r.get('n_collapsed', 0)}/{r['n']}",
                      "yes" if r["complete"] else
                      f"NO ({r['n_failed']} failed, {r['n_missing']} missing"
                      + (f", {r['n_interrupted']} interrupted)" if r.get("n_interrupted")

@@ -151,15 +151,20 @@ def depth_table(jobs: pd.DataFrame, metric_key: str = "test") -> pd.DataFrame:
     if done.empty:
         return pd.DataFrame(columns=[*keys, "mean", "std", "n"])
     grouped = done.groupby(keys)[metric_key]
+    collapsed = (done["collapsed"].fillna(False).astype(bool) if "collapsed" in done
+                 else pd.Series(False, index=done.index))
     table = pd.DataFrame({"mean": grouped.mean(),
                           "std": grouped.agg(lambda v: float(np.std(v.to_numpy()))),
-                          "n": grouped.count()}).reset_index()
+                          "n": grouped.count(),
+                          "collapsed": collapsed.groupby([done[k] for k in keys]).sum()
+                          }).reset_index()
+    table["collapsed"] = table["collapsed"].astype(int)
     return table.sort_values(keys).reset_index(drop=True)
 
 
 def depth_markdown(table: pd.DataFrame, metric_key: str = "test") -> str:
     """The depth table as markdown: a block per dataset x model, a row per readout, a column per
-    depth, cells ``mean ± std (n)`` in percent."""
+    depth, cells ``mean ± std (n)`` in percent, ``, k collapsed`` when runs collapsed."""
     lines: list[str] = []
     for (dataset, model), part in table.groupby(["dataset", "model"], sort=True):
         depths = sorted(int(d) for d in part["layers"].unique())
@@ -167,7 +172,8 @@ def depth_markdown(table: pd.DataFrame, metric_key: str = "test") -> str:
                   "| readout | " + " | ".join(f"L={d}" for d in depths) + " |",
                   "| --- |" + " ---: |" * len(depths)]
         for readout, rows in part.groupby("readout", sort=True):
-            cells = {int(r.layers): f"{100 * r.mean:.1f} ± {100 * r.std:.1f} ({int(r.n)})"
+            cells = {int(r.layers): f"{100 * r.mean:.1f} ± {100 * r.std:.1f} ({int(r.n)}"
+                     + (f", {int(r.collapsed)} collapsed)" if getattr(r, "collapsed", 0) else ")")
                      for r in rows.itertuples()}
             lines.append(f"| {readout} | " + " | ".join(cells.get(d, "—") for d in depths)
                          + " |")
@@ -190,9 +196,14 @@ def plot_depth_accuracy(jobs: pd.DataFrame, path: Path, metric_key: str = "test"
         part = table[(table["dataset"] == dataset) & (table["model"] == model)]
         for readout, rows in sorted(part.groupby("readout")):
             lo, hi = int(rows["n"].min()), int(rows["n"].max())
-            ax.errorbar(rows["layers"], 100 * rows["mean"], yerr=100 * rows["std"], marker="o",
-                        capsize=3, label=f"{readout} (n={lo})" if lo == hi
-                        else f"{readout} (n={lo}-{hi})")
+            lost = int(rows["collapsed"].sum())
+            label = f"{readout} (n={lo})" if lo == hi else f"{readout} (n={lo}-{hi})"
+            line = ax.errorbar(rows["layers"], 100 * rows["mean"], yerr=100 * rows["std"],
+                               marker="o", capsize=3,
+                               label=label + (f", {lost} collapsed" if lost else ""))
+            hit = rows[rows["collapsed"] > 0]  # points that include collapsed runs: hollow x
+            ax.scatter(hit["layers"], 100 * hit["mean"], marker="x", s=80,
+                       color=line[0].get_color(), zorder=5)
         _depth_axis(ax, part["layers"])
         jobs_here = done[(done["dataset"] == dataset) & (done["model"] == model)]
         protocol = (jobs_here["protocol"].dropna().iloc[0] if "protocol" in jobs_here
@@ -202,7 +213,8 @@ def plot_depth_accuracy(jobs: pd.DataFrame, path: Path, metric_key: str = "test"
         ax.set_ylabel(f"{metric_key} {metric} (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Depth vs accuracy (mean ± std over seeds/folds)")
+    fig.suptitle("Depth vs accuracy (mean ± std over seeds/folds; x: the point includes runs "
+                 "that collapsed to one class)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from histograph.training import collapse
 from histograph.training.metrics import make_metric
 
 
@@ -63,6 +64,10 @@ class LitGraphClassifier(pl.LightningModule):
         self.history: dict[str, list[float]] = {
             "epoch": [], "train_loss": [], f"train_{metric}": [], "val_loss": [],
             **{s: [] for s in self.eval_splits}}
+        # collapse detection (histograph/training/collapse.py): single-label tasks only
+        self.classes = collapse.ClassCounter(num_outputs) if task == "multiclass" else None
+        if self.classes is not None:
+            self.history.update({k: [] for k in collapse.KEYS})
 
     # ------------------------------------------------------------------ steps
     def forward(self, batch, return_layer_weights: bool = False):
@@ -85,6 +90,8 @@ class LitGraphClassifier(pl.LightningModule):
         self.metrics[f"{split}_"].update(logits, self._target(batch.y))
         self._record_loss(split, loss, batch.num_graphs)
         self._record_layer_weights(split, weights)
+        if self.classes is not None:
+            self.classes.update(split, logits, batch.y)
         return loss
 
     def _record_layer_weights(self, split: str, weights: Tensor | None) -> None:
@@ -141,6 +148,8 @@ class LitGraphClassifier(pl.LightningModule):
         evaluated = self._log_epoch(self.eval_splits)
         losses = {split: self._epoch_loss(split) for split in self.eval_splits}
         if self.trainer.sanity_checking:
+            if self.classes is not None:
+                self.classes.reset()
             return
         h = self.history
         h["epoch"].append(self.current_epoch)
@@ -152,6 +161,20 @@ class LitGraphClassifier(pl.LightningModule):
         if train_loss is not None:  # the training batches of this epoch are all done by now
             h["train_loss"].append(float(train_loss))
             h[f"train_{self.metric_name}"].append(float(self._log_epoch(["train"])["train"]))
+        self._record_collapse(None if train_loss is None else float(train_loss))
+
+    def _record_collapse(self, train_loss: float | None) -> None:
+        """This round's class-count values (:mod:`histograph.training.collapse`)."""
+        if self.classes is None:
+            return
+        selection = "val" if "val" in self.eval_splits else "test"
+        counts, train = self.classes.pop(selection), self.classes.pop("train")
+        self.classes.reset()  # the other evaluation split's counts are not needed
+        if counts is None:
+            return
+        for key, value in collapse.round_values(counts, train, train_loss).items():
+            self.history[key].append(value)
+            self.log(f"{selection}/{key}" if key != "loss_vs_prior" else f"train/{key}", value)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["histograph_history"] = self.history
@@ -160,12 +183,18 @@ class LitGraphClassifier(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "histograph_history" in checkpoint:
             self.history = {k: list(v) for k, v in checkpoint["histograph_history"].items()}
+            rounds = len(self.history["test"])
             if "epoch" not in self.history:  # written before rounds were numbered: every epoch
-                self.history["epoch"] = list(range(len(self.history["test"])))
+                self.history["epoch"] = list(range(rounds))
+            if self.classes is not None:  # written before collapse detection: unknown rounds
+                for key in collapse.KEYS:
+                    self.history.setdefault(key, [float("nan")] * rounds)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch(["test"])
         self._epoch_loss("test")
+        if self.classes is not None:
+            self.classes.reset()
 
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self):

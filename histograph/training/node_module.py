@@ -46,4 +46,6 @@ class LitNodeClassifier(LitGraphClassifier):
         self.metrics[f"{split}_"].update(logits, y)
         self._record_loss(split, loss, 1)
         self._record_layer_weights(split, weights)
+        if self.classes is not None:
+            self.classes.update(split, logits, y)
         return loss

@@ -1,0 +1,97 @@
+"""Collapse detection: a run that ends predicting (nearly) one class is flagged, never averaged in
+silently.
+
+A classifier collapses when its optimisation diverges into the constant predictor: every graph
+(or node) gets the majority class, and the training loss sits at the entropy of the class prior
+(docs/training.md measures why it happens at Adam lr 0.01). Such a run still has a test figure,
+usually the majority rate, which decides a comparison for the wrong reason. Per validation round
+the LightningModule records (:class:`ClassCounter`, no host sync per step):
+
+* ``pred_majority``: the share of the selection split's predictions (``val``; ``test`` under
+  ``gin``) in the most predicted class;
+* ``label_majority``: the share of that split's labels in its most common class (what the
+  constant predictor scores);
+* ``loss_vs_prior``: the epoch's training loss divided by the entropy of the training labels'
+  class prior (1.0: the model has learnt nothing beyond the prior).
+
+A round is *collapsed* when ``pred_majority >= MAJORITY`` while the labels are not that
+unbalanced themselves (``label_majority < MAJORITY``), or when ``loss_vs_prior >= LOSS_RATIO``.
+:func:`collapse_verdict` flags the run when its last round is collapsed (``collapsed``), from the
+first round of that final collapsed stretch (``collapsed_from``, a trainer epoch), and says
+whether the selected round itself is collapsed (``collapsed_at_selected``). Multi-label tasks
+(OGB) are not judged (``None``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+#: A round whose selection-split predictions are at least this much one class is collapsed.
+MAJORITY = 0.95
+#: ... and so is one whose training loss is at least this fraction of the prior's entropy.
+LOSS_RATIO = 0.99
+#: The history keys this module adds (one value per validation round).
+KEYS = ("pred_majority", "label_majority", "loss_vs_prior")
+
+
+class ClassCounter:
+    """Per split, how often each class is predicted and labelled (device tensors, summed over
+    an epoch's batches with ``scatter_add``: no host sync per step)."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = int(num_classes)
+        self._counts: dict[str, Tensor] = {}
+
+    def update(self, split: str, logits: Tensor, y: Tensor) -> None:
+        rows = torch.stack([logits.detach().argmax(-1), y.view(-1)])  # [2, n]
+        counts = torch.zeros(2, self.num_classes, dtype=torch.long, device=logits.device)
+        counts.scatter_add_(1, rows, torch.ones_like(rows))
+        previous = self._counts.get(split)
+        self._counts[split] = counts if previous is None else previous + counts
+
+    def pop(self, split: str) -> Tensor | None:
+        """``[2, C]`` (predicted, labelled) counts of ``split`` this epoch, then reset."""
+        return self._counts.pop(split, None)
+
+    def reset(self) -> None:
+        self._counts.clear()
+
+
+def round_values(selection: Tensor, train: Tensor | None, train_loss: float | None
+                 ) -> dict[str, float]:
+    """The three per-round values from the selection split's and the training counts."""
+    pred, labels = selection.double()
+    out = {"pred_majority": float(pred.max() / pred.sum().clamp(min=1)),
+           "label_majority": float(labels.max() / labels.sum().clamp(min=1)),
+           "loss_vs_prior": math.nan}
+    if train is not None and train_loss is not None:
+        prior = train[1].double() / train[1].sum().clamp(min=1)
+        entropy = float(-(prior[prior > 0] * prior[prior > 0].log()).sum())
+        out["loss_vs_prior"] = train_loss / entropy if entropy > 0 else math.nan
+    return out
+
+
+def collapsed_round(pred_majority: float, label_majority: float, loss_vs_prior: float) -> bool:
+    """Whether one round is collapsed (see the module docstring)."""
+    one_class = pred_majority >= MAJORITY and label_majority < MAJORITY
+    at_prior = not math.isnan(loss_vs_prior) and loss_vs_prior >= LOSS_RATIO
+    return one_class or at_prior
+
+
+def collapse_verdict(history: dict[str, list[float]], selected: int) -> dict[str, Any]:
+    """``collapsed``, ``collapsed_from`` (trainer epoch) and ``collapsed_at_selected`` of a run's
+    history (``None`` when the history has no class counts: multi-label tasks)."""
+    if not all(history.get(k) for k in KEYS):
+        return {"collapsed": None, "collapsed_from": None, "collapsed_at_selected": None}
+    flags = [collapsed_round(*values) for values in zip(*(history[k] for k in KEYS))]
+    start = len(flags)
+    while start > 0 and flags[start - 1]:
+        start -= 1
+    collapsed = start < len(flags)
+    return {"collapsed": collapsed,
+            "collapsed_from": int(history["epoch"][start]) if collapsed else None,
+            "collapsed_at_selected": flags[selected]}

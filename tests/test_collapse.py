@@ -1,0 +1,75 @@
+"""Collapse detection: a run built to collapse is flagged, a healthy one is not, and the
+aggregated tables and depth plots count collapsed runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import yaml
+
+from histograph.analysis.aggregate import aggregate
+from histograph.analysis.plot import depth_markdown, depth_table
+from histograph.train import run
+from histograph.training.collapse import collapse_verdict, collapsed_round
+
+SMALL = ["model.layers=2", "model.hidden=16", "trainer.max_epochs=6"]
+
+
+def _history(pred, label, ratio):
+    return {"epoch": list(range(len(pred))), "pred_majority": pred,
+            "label_majority": [label] * len(pred), "loss_vs_prior": ratio}
+
+
+def test_verdict_flags_the_final_collapsed_stretch_only():
+    # healthy at the end (an early one-class round is not a collapse)
+    h = _history([1.0, 0.7, 0.6], 0.65, [1.0, 0.6, 0.5])
+    assert collapse_verdict(h, selected=2) == {"collapsed": False, "collapsed_from": None,
+                                                "collapsed_at_selected": False}
+    # learns, then diverges to one class from epoch 2; the selected epoch 1 is still healthy
+    h = _history([0.7, 0.6, 1.0, 1.0], 0.65, [0.8, 0.6, 1.0, 1.0])
+    assert collapse_verdict(h, selected=1) == {"collapsed": True, "collapsed_from": 2,
+                                                "collapsed_at_selected": False}
+    # the loss at the prior's entropy is a collapse even when predictions are mixed
+    assert collapsed_round(0.6, 0.6, 1.0) and not collapsed_round(0.6, 0.6, 0.9)
+    # a split that is itself 97% one class: one-class predictions alone are not a collapse
+    assert not collapsed_round(1.0, 0.97, 0.5)
+    assert not collapsed_round(math.nan, 0.6, math.nan)  # rounds before detection existed
+    assert collapse_verdict({"epoch": [0]}, 0)["collapsed"] is None  # multi-label: not judged
+
+
+def test_a_run_built_to_collapse_is_flagged(cfg_factory, capsys, caplog):
+    res = run(cfg_factory([*SMALL, "optimizer.lr=5.0"]))  # a huge step on a tiny set
+    assert res["collapsed"] is True and res["collapsed_from"] is not None
+    assert res["history"]["pred_majority"][-1] >= 0.95
+    assert "COLLAPSED from epoch" in capsys.readouterr().out
+    assert any("collapsed" in r.message and "optimizer.lr" in r.message for r in caplog.records)
+
+
+def test_a_healthy_run_is_not_flagged(cfg_factory):
+    res = run(cfg_factory(["trainer.max_epochs=10"]))  # the default GIN-5 + HISTOGRAPH
+    assert res["collapsed"] is False and res["collapsed_from"] is None
+    assert len(res["history"]["pred_majority"]) == 10
+
+
+def _job(root, name, overrides, results):
+    job = root / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / "results.json").write_text(json.dumps(results))
+
+
+def test_tables_and_depth_plots_count_collapsed_runs(tmp_path):
+    root = tmp_path / "sweep"
+    for fold, collapsed in enumerate([True, False, True]):
+        _job(root, f"readout=mean,fold={fold}", ["readout=mean", f"fold={fold}"],
+             {"dataset": "MUTAG", "model": "gin", "readout": "mean", "layers": 4, "fold": fold,
+              "protocol": "holdout", "metric": "acc", "val": 0.6, "test": 0.6,
+              "selected_epoch": 1, "epochs": 3, "collapsed": collapsed,
+              "history": {"test": [0.6, 0.6, 0.6]}})
+    out = aggregate(root)
+    assert out["summary"]["n_collapsed"].tolist() == [2]
+    assert "| 2/3 |" in out["markdown"]
+    table = depth_table(out["jobs"])
+    assert table["collapsed"].tolist() == [2]
+    assert "(3, 2 collapsed)" in depth_markdown(table)
