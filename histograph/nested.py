@@ -168,7 +168,8 @@ def nested_cv(base_overrides: Sequence[str], grid: Sequence[str], output_dir: st
                                 "needs protocol.val_fraction > 0.")
             selection.append({"config": i, "overrides": point, "error": error,
                               "val": None if res is None else float(res["val"]),
-                              "selected_epoch": None if res is None else res["selected_epoch"]})
+                              "selected_epoch": None if res is None else res["selected_epoch"],
+                              "collapsed": None if res is None else res.get("collapsed")})
         ok = [s for s in selection if s["val"] is not None]
         row: dict[str, Any] = {"fold": fold, "selection": selection, "final": [],
                                "winner": None, "winner_overrides": None, "test": None}
@@ -184,7 +185,9 @@ def nested_cv(base_overrides: Sequence[str], grid: Sequence[str], output_dir: st
                                      "val": None if res is None else res["val"],
                                      "test": None if res is None else float(res["test"]),
                                      "selected_epoch": None if res is None
-                                     else res["selected_epoch"]})
+                                     else res["selected_epoch"],
+                                     "collapsed": None if res is None
+                                     else res.get("collapsed")})
                 if res is not None:
                     row["metric"] = res["metric"]
             tests = [f["test"] for f in row["final"] if f["test"] is not None]
@@ -208,6 +211,7 @@ def nested_cv(base_overrides: Sequence[str], grid: Sequence[str], output_dir: st
         "n_folds_expected": len(outer),
         "n_retrains": n_final,
         "n_retrains_expected": len(outer) * retrain,
+        "n_collapsed": sum(bool(f.get("collapsed")) for row in fold_rows for f in row["final"]),
         "failed_jobs": sum(job["error"] is not None for row in fold_rows
                            for job in row["selection"] + row["final"]),
         "folds": folds,
@@ -230,7 +234,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         return "-" if x is None or math.isnan(x) else f"{100 * x:.2f}"
 
     n_line = (f"n = {summary['n_folds']} of {summary['n_folds_expected']} outer folds, "
-              f"{summary['n_retrains']} of {summary['n_retrains_expected']} retrains")
+              f"{summary['n_retrains']} of {summary['n_retrains_expected']} retrains, "
+              f"{summary.get('n_collapsed', 0)} retrains collapsed to one class")
     lines = [
         "# Nested cross-validation (Errica et al., ICLR 2020)", "",
         f"**test {summary['metric']} = {pct(summary['test_mean'])} ± "
