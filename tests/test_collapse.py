@@ -1,5 +1,5 @@
 """Collapse detection: a run built to collapse is flagged, a healthy one is not, and the
-aggregated tables and depth plots count collapsed runs."""
+aggregated tables and depth plots count collapsed runs (rule: histograph/training/collapse.py)."""
 
 from __future__ import annotations
 
@@ -27,9 +27,12 @@ def test_verdict_flags_the_final_collapsed_stretch_only():
     assert collapse_verdict(h, selected=2) == {"collapsed": False, "collapsed_from": None,
                                                 "collapsed_at_selected": False}
     # learns, then diverges to one class from epoch 2; the selected epoch 1 is still healthy
-    h = _history([0.7, 0.6, 1.0, 1.0], 0.65, [0.8, 0.6, 1.0, 1.0])
+    h = _history([0.7, 0.6, 1.0, 1.0, 1.0], 0.65, [0.8, 0.6, 1.0, 1.0, 1.0])
     assert collapse_verdict(h, selected=1) == {"collapsed": True, "collapsed_from": 2,
                                                 "collapsed_at_selected": False}
+    # two one-class rounds at the end are not yet a collapse (three are needed)
+    h = _history([0.7, 0.6, 0.6, 1.0, 1.0], 0.65, [0.8, 0.6, 0.6, 1.0, 1.0])
+    assert collapse_verdict(h, selected=1)["collapsed"] is False
     # the loss at the prior's entropy is a collapse even when predictions are mixed
     assert collapsed_round(0.6, 0.6, 1.0) and not collapsed_round(0.6, 0.6, 0.9)
     # a split that is itself 97% one class: one-class predictions alone are not a collapse
@@ -41,7 +44,8 @@ def test_verdict_flags_the_final_collapsed_stretch_only():
 def test_a_run_built_to_collapse_is_flagged(cfg_factory, capsys, caplog):
     res = run(cfg_factory([*SMALL, "optimizer.lr=5.0"]))  # a huge step on a tiny set
     assert res["collapsed"] is True and res["collapsed_from"] is not None
-    assert res["history"]["pred_majority"][-1] >= 0.95
+    h = res["history"]  # diverged: one class, or a training loss no better than the prior's
+    assert h["pred_majority"][-1] >= 0.95 or h["loss_vs_prior"][-1] >= 0.99
     assert "COLLAPSED from epoch" in capsys.readouterr().out
     assert any("collapsed" in r.message and "optimizer.lr" in r.message for r in caplog.records)
 
@@ -73,3 +77,16 @@ def test_tables_and_depth_plots_count_collapsed_runs(tmp_path):
     table = depth_table(out["jobs"])
     assert table["collapsed"].tolist() == [2]
     assert "(3, 2 collapsed)" in depth_markdown(table)
+
+
+def test_last_is_mean_for_graph_classification():
+    """Why experiment=recipe_check leaves out readout=last: on graphs it computes `mean`."""
+    import torch
+
+    from histograph.nn.readouts.last import LastLayerReadout
+    from histograph.nn.readouts.pooling import PoolReadout
+
+    history = [torch.randn(9, 4) for _ in range(3)]
+    batch = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    torch.testing.assert_close(LastLayerReadout(4, 3)(history, batch),
+                               PoolReadout(4, 3, reduce="mean")(history, batch))

@@ -167,14 +167,13 @@ class LitGraphClassifier(pl.LightningModule):
         """This round's class-count values (:mod:`histograph.training.collapse`)."""
         if self.classes is None:
             return
-        selection = "val" if "val" in self.eval_splits else "test"
-        counts, train = self.classes.pop(selection), self.classes.pop("train")
-        self.classes.reset()  # the other evaluation split's counts are not needed
-        if counts is None:
+        train = self.classes.pop("train")
+        self.classes.reset()  # the evaluation splits' counts are not needed
+        if train is None:
             return
-        for key, value in collapse.round_values(counts, train, train_loss).items():
+        for key, value in collapse.round_values(train, train_loss).items():
             self.history[key].append(value)
-            self.log(f"{selection}/{key}" if key != "loss_vs_prior" else f"train/{key}", value)
+            self.log(f"train/{key}", value)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["histograph_history"] = self.history
