@@ -35,7 +35,7 @@ NON_RESULT_KEYS: tuple[str, ...] = (
     "paths", "hydra", "logger", "sweep_name", "task_name", "tags", "cluster",
     "data.data_dir", "data.data_mirror",
     # how fast, and on what, the same computation runs
-    "threads", "data.num_workers", "data.loader", "task.cache",
+    "threads", "data.num_workers", "data.loader", "data.device_resident", "task.cache",
     "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy",
     "trainer.matmul_precision",
     # what is shown while it runs

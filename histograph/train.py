@@ -18,7 +18,7 @@ import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from histograph.checkpoints import resume_point
 from histograph.config import check_devices, plain, validate_config
@@ -40,9 +40,19 @@ log = logging.getLogger("histograph")
 
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list, output_dir: Path
                   ) -> pl.Trainer:
-    """The Lightning Trainer of ``cfg.trainer``; a rejected setting ends in one sentence."""
+    """The Lightning Trainer of ``cfg.trainer``; a rejected setting ends in one sentence.
+
+    ``trainer.matmul_precision`` is not a Trainer argument: it sets
+    ``torch.set_float32_matmul_precision`` on GPU runs (``high``: TF32 matmuls on Ampere and
+    later; ``highest``: full fp32), and is left alone on the CPU.
+    """
+    settings = OmegaConf.masked_copy(cfg.trainer, [k for k in cfg.trainer
+                                                   if k != "matmul_precision"])
+    precision = cfg.trainer.get("matmul_precision")
+    if precision and torch.cuda.is_available() and cfg.trainer.get("accelerator") != "cpu":
+        torch.set_float32_matmul_precision(precision)
     try:
-        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers,
+        return instantiate(settings, callbacks=callbacks, logger=loggers,
                            default_root_dir=str(output_dir))
     except Exception as exc:  # Hydra wraps the Trainer's own error (MisconfigurationException)
         cause = exc.__cause__ or exc
@@ -86,7 +96,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 raise UserError("Training ran no evaluation epoch; raise trainer.max_epochs.")
             tested = trainer.test(lit, datamodule=dm, ckpt_path=best.best_model_path,
                                   verbose=False, weights_only=True)[0]
-            diagnostics = task.diagnose(lit.model, dm)  # the selected (best) weights
+            diagnostics = task.measure(lit.model, dm, trainer)  # the selected weights
             log_metrics(loggers, smoothing_metrics(diagnostics, diagnostics["diagnostics_split"]),
                         step=trainer.global_step)
             failed = False

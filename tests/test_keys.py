@@ -21,6 +21,7 @@ NON_RESULT_EXAMPLES = {
     "data.data_dir": "data.data_dir=/d", "data.data_mirror": "data.data_mirror=/m",
     "threads": "threads=2", "data.num_workers": "data.num_workers=2",
     "data.loader": "data.loader=pyg", "task.cache": "+task.cache=disk",
+    "data.device_resident": "data.device_resident=false",
     "trainer.accelerator": "trainer.accelerator=cpu", "trainer.devices": "trainer.devices=2",
     "trainer.num_nodes": "+trainer.num_nodes=2", "trainer.strategy": "+trainer.strategy=ddp",
     "trainer.matmul_precision": "+trainer.matmul_precision=high",

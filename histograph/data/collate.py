@@ -180,6 +180,14 @@ class ArrangedGraphs:
     def __len__(self) -> int:
         return math.ceil(self.num_graphs / self.batch_size)
 
+    def to(self, device: torch.device | str) -> "ArrangedGraphs":
+        """The same graphs with their tensors on ``device`` (one copy for the whole epoch, so
+        that no step copies its batch); the offsets stay host integers."""
+        self.tensors = {k: v.to(device) for k, v in self.tensors.items()}
+        self.node_ptr, self.batch_vec = self.node_ptr.to(device), self.batch_vec.to(device)
+        self._ptrs = {k: p.to(device) for k, p in self._ptrs.items()}
+        return self
+
     def batch(self, i: int) -> Batch:
         """Mini-batch ``i``: graphs ``i * batch_size`` up to the next block (PyG layout)."""
         g0 = i * self.batch_size
@@ -194,7 +202,8 @@ class ArrangedGraphs:
                 part = part - n0
                 inc_dict[key] = self.node_ptr[g0:g1] - n0
             else:
-                inc_dict[key] = torch.zeros(g1 - g0, dtype=torch.long)
+                inc_dict[key] = torch.zeros(g1 - g0, dtype=torch.long,
+                                            device=self.node_ptr.device)
             out[key] = part
             slice_dict[key] = self._ptrs[key][g0:g1 + 1] - p[g0]
         out.batch = self.batch_vec[n0:n1] - g0
@@ -203,8 +212,10 @@ class ArrangedGraphs:
         out._slice_dict, out._inc_dict = slice_dict, inc_dict
         if "x" not in self.tensors and "pos" not in self.tensors:
             out.num_nodes = n1 - n0
-            # per graph, as PyG's collate keeps them (get_example / to_data_list read it)
-            out._store._num_nodes = torch.diff(self.node_ptr[g0:g1 + 1]).tolist()
+            # per graph, as PyG's collate keeps them (get_example / to_data_list read it); from
+            # the host copy of the offsets (no device read per step)
+            out._store._num_nodes = [b - a for a, b in zip(self._node_list[g0:g1],
+                                                            self._node_list[g0 + 1:g1 + 1])]
         return out
 
 
@@ -243,14 +254,19 @@ class CachedGraphLoader:
     :param shuffle: new random order every epoch (else dataset order, arranged once).
     :param bucket_by_size: batch graphs of similar size together (training option).
     :param bucket_window: batches per sorting window when ``bucket_by_size``.
-    :param rank: this process's rank when training data-parallel (each rank gets a disjoint
-        share, padded by wrapping around like :class:`~torch.utils.data.DistributedSampler`).
+    :param rank: this process's rank when data-parallel: each rank gets a disjoint share; a
+        shuffled (training) loader pads the shares to equal length by wrapping around like
+        :class:`~torch.utils.data.DistributedSampler` (every rank must step together), an
+        evaluation loader does not (every graph is evaluated exactly once).
     :param world_size: number of data-parallel processes.
+    :param device: keep the arranged tensors there (e.g. the GPU): one copy per epoch, or once
+        for an evaluation loader, instead of one per step (``None``: on the CPU, copied per batch
+        by the trainer).
     """
 
     def __init__(self, dataset: InMemoryDataset, batch_size: int = 32, shuffle: bool = False,
                  bucket_by_size: bool = False, bucket_window: int = 64, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, device: torch.device | str | None = None) -> None:
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.graphs = CollatedGraphs(dataset)
@@ -259,6 +275,7 @@ class CachedGraphLoader:
         self.shuffle, self.bucket_by_size = shuffle, bucket_by_size
         self.bucket_window = int(bucket_window)
         self.rank, self.world_size = int(rank), int(world_size)
+        self.device = device
         self._fixed: ArrangedGraphs | None = None
 
     def _positions(self) -> Tensor:
@@ -282,13 +299,17 @@ class CachedGraphLoader:
         return self._shard(order, per_rank) if self.world_size > 1 else order
 
     def _shard(self, order: Tensor, per_rank: int) -> Tensor:
+        if not (self.shuffle or self.bucket_by_size):  # evaluation: no duplicates
+            return order[self.rank::self.world_size]
         total = per_rank * self.world_size
         padded = order.repeat(math.ceil(total / max(order.numel(), 1)))[:total]
         return padded[self.rank::self.world_size]
 
     def __len__(self) -> int:
-        n = math.ceil(len(self.graphs) / self.world_size)
-        return math.ceil(n / self.batch_size)
+        n = len(self.graphs)
+        mine = math.ceil(n / self.world_size) if self.shuffle or self.bucket_by_size \
+            else len(range(self.rank, n, self.world_size))
+        return math.ceil(mine / self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
         # A generator: nothing is drawn until the first batch is requested (Lightning calls
@@ -299,9 +320,13 @@ class CachedGraphLoader:
         torch.empty((), dtype=torch.int64).random_()
         if self.shuffle or self.bucket_by_size:
             arranged = self.graphs.arrange(self._positions(), self.batch_size)
+            if self.device is not None:
+                arranged.to(self.device)
         else:
             if self._fixed is None:
                 self._fixed = self.graphs.arrange(self._positions(), self.batch_size)
+                if self.device is not None:
+                    self._fixed.to(self.device)
             arranged = self._fixed
         for i in range(len(arranged)):
             yield arranged.batch(i)

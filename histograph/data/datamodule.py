@@ -51,6 +51,11 @@ class GraphDataModule(pl.LightningDataModule):
     :param bucket_by_size: training batches of graphs of similar size (less padding for dense
         per-graph stages; needs the cached loader).
     :param bucket_window: training batches per size-sorting window when ``bucket_by_size``.
+    :param device_resident: where the cached loader keeps a split's graphs: ``auto`` (on the
+        trainer's device when it is a GPU: one copy per epoch, or once for the evaluation
+        splits, instead of one per step), ``true`` (always there) or ``false`` (on the CPU,
+        copied per batch; PyG's loader then pins its batches on a GPU run so that the copy does
+        not block).
     """
 
     def __init__(self, dataset: Callable[..., GraphData], data_dir: str | os.PathLike,
@@ -58,7 +63,8 @@ class GraphDataModule(pl.LightningDataModule):
                  folds: int = 10, val_fraction: float = 0.1, split_seed: int = 0,
                  batch_size: int = 32, eval_batch_size: int | None = None,
                  num_workers: int = 0, offline: bool = False, loader: str = "auto",
-                 bucket_by_size: bool = False, bucket_window: int = 64) -> None:
+                 bucket_by_size: bool = False, bucket_window: int = 64,
+                 device_resident: bool | str = "auto") -> None:
         super().__init__()
         if protocol not in PROTOCOLS:
             raise invalid_choice("protocol", protocol, PROTOCOLS)
@@ -88,6 +94,10 @@ class GraphDataModule(pl.LightningDataModule):
         self.offline = offline
         self.loader_kind = loader
         self.bucket_by_size, self.bucket_window = bool(bucket_by_size), int(bucket_window)
+        if device_resident not in (True, False, "auto"):
+            raise ValueError(f"device_resident must be auto, true or false, got "
+                             f"{device_resident!r}.")
+        self.device_resident = device_resident
         self.data: GraphData | None = None
         self.split: dict[str, torch.Tensor] = {}
 
@@ -164,19 +174,35 @@ class GraphDataModule(pl.LightningDataModule):
             return True
         return reason is None and self.num_workers == 0
 
+    def _device(self) -> torch.device | None:
+        """The trainer's device, when batches should live there (``device_resident``)."""
+        trainer = getattr(self, "trainer", None)
+        device = trainer.strategy.root_device if trainer is not None else None
+        if device is None or self.device_resident is False:
+            return None
+        return device if self.device_resident is True or device.type == "cuda" else None
+
     def _loader(self, key: str, shuffle: bool) -> DataLoader | CachedGraphLoader:
         dataset = self.subset(key)
         batch_size = self.batch_size if shuffle else self.eval_batch_size
+        trainer = getattr(self, "trainer", None)
         if self.use_cached_loader(dataset):
-            trainer = getattr(self, "trainer", None)
             world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
             rank = int(getattr(trainer, "global_rank", 0) or 0) if trainer is not None else 0
             return CachedGraphLoader(dataset, batch_size, shuffle=shuffle,
                                      bucket_by_size=self.bucket_by_size and shuffle,
                                      bucket_window=self.bucket_window, rank=rank,
-                                     world_size=world)
+                                     world_size=world, device=self._device())
+        cuda = trainer is not None and trainer.strategy.root_device.type == "cuda"
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=cuda)
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """A batch is copied without blocking the host (``non_blocking=True``: from the pinned
+        memory of PyG's loader the copy overlaps the previous step); a batch that is already
+        there (``device_resident``) is not copied."""
+        return batch.to(device, non_blocking=True)
 
     def train_dataloader(self) -> DataLoader | CachedGraphLoader:
         return self._loader("train", shuffle=True)

@@ -19,6 +19,7 @@ from torch_geometric.nn import MLP, GATConv, GCNConv, GINConv, GINEConv, SAGECon
 from torch_geometric.nn.resolver import activation_resolver, normalization_resolver
 
 from histograph.errors import invalid_choice
+from histograph.nn.precision import autocast_off, fp32
 
 CONVS = ("gin", "gine", "gcn", "gat", "sage")
 ENCODERS = ("linear", "atom")
@@ -122,12 +123,16 @@ class HistoryGNN(torch.nn.Module):
         h = self.encoder(x if self.encoder_name == "atom" else x.float())
         history = [h]
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            # fp32 aggregation under autocast (histograph/nn/precision.py)
             if self.conv_name == "gine":
                 e = self.edge_encoders[i](edge_attr if self.encoder_name == "atom"
                                           else edge_attr.float())
-                out = conv(h, edge_index, e)
-            else:
-                out = conv(h, edge_index)
+                out = conv(fp32(h), edge_index, fp32(e))
+            elif self.conv_name == "gin":
+                out = conv(fp32(h), edge_index)  # the sum in fp32, the MLP under autocast
+            else:  # GCN, SAGE, GAT aggregate after their linear layer: all of it in fp32
+                with autocast_off(h):
+                    out = conv(fp32(h), edge_index)
             out = norm(out, batch) if self._norm_takes_batch[i] else norm(out)
             out = self.act(out)
             out = torch.nn.functional.dropout(out, p=self.dropout, training=self.training)

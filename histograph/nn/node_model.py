@@ -52,6 +52,18 @@ class NodeClassifier(torch.nn.Module):
             if isinstance(conv, GCNConv):
                 conv.cached = True
 
+    def _apply(self, fn, recurse: bool = True):
+        """Move GCN's cached normalised adjacency with the module (``.to``, ``.cuda``, ``.cpu``):
+        PyG keeps it in a plain attribute that ``Module._apply`` does not reach, so after
+        Lightning's teardown moved the model to the CPU the cache stayed on the GPU and the next
+        forward (the diagnostics) mixed devices."""
+        super()._apply(fn, recurse)
+        for conv in getattr(self.backbone, "convs", []):
+            cached = getattr(conv, "_cached_edge_index", None)
+            if cached is not None:
+                conv._cached_edge_index = tuple(None if t is None else fn(t) for t in cached)
+        return self
+
     def history(self, data: Data) -> list[Tensor]:
         """The backbone's history on the whole graph (raw features dropped out in training)."""
         x = F.dropout(data.x, p=self.input_dropout, training=self.training)

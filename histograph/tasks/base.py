@@ -92,6 +92,14 @@ class Task(ABC):
         """Over-smoothing measures of the trained model's history on the evaluation data:
         ``{"dirichlet_energy": [...], "mad": [...], "diagnostics_split": "val"}``."""
 
+    def measure(self, model: torch.nn.Module, dm: pl.LightningDataModule,
+                trainer: pl.Trainer) -> dict[str, Any]:
+        """:meth:`diagnose` on the trainer's device (Lightning's teardown has moved the model
+        back to the CPU by now) and on rank 0 only (only rank 0 writes ``results.json``)."""
+        if not trainer.is_global_zero:
+            return {"dirichlet_energy": None, "mad": None, "diagnostics_split": None}
+        return self.diagnose(model.to(trainer.strategy.root_device), dm)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 

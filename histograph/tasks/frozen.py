@@ -59,7 +59,7 @@ class FrozenGraphTask(GraphTask):
         # Rebuilding the backbone (its throw-away init) and the cache pass (a DataLoader draws a
         # base seed) must not consume the run's random stream: a cache hit and a miss then train
         # the same readout and head from the same initialisation.
-        cuda = [torch.cuda.current_device()] if device == "cuda" else []
+        cuda = [torch.device(device).index or 0] if device.startswith("cuda") else []
         with torch.random.fork_rng(devices=cuda):
             self.backbone = frozen.build_frozen_backbone(self.source)
             history, ptr = frozen.cached_history(

@@ -27,6 +27,10 @@ from histograph.training.module import LitGraphClassifier
 
 log = logging.getLogger("histograph")
 
+#: A width whose attention heads have multiples of 8 channels is preferred when its parameter
+#: count is within this fraction of the budget.
+BUDGET_SLACK = 0.1
+
 
 def split_meta(cfg: DictConfig, data: GraphData) -> dict[str, Any]:
     """The dataset/protocol/fold settings a checkpoint records (frozen mode checks them)."""
@@ -92,13 +96,25 @@ class GraphTask(Task):
         """``model.hidden``, or the width that meets :attr:`param_budget`."""
         if self.param_budget is None:
             return int(cfg.model.hidden)
-        step = width_step([cfg.readout.get("heads"),
-                           cfg.model.get("gat_heads") if cfg.model.get("conv") == "gat" else None])
+        heads = [cfg.readout.get("heads"),
+                 cfg.model.get("gat_heads") if cfg.model.get("conv") == "gat" else None]
+        count = lambda w: meta_count(  # noqa: E731
+            lambda: build_graph_model(with_width(cfg, w), data))
         try:
-            hidden = fit_width(lambda w: meta_count(
-                lambda: build_graph_model(with_width(cfg, w), data)), self.param_budget, step=step)
+            hidden = fit_width(count, self.param_budget, step=width_step(heads))
         except ValueError as exc:
             raise config_error("task", ["param_budget"], exc) from exc
+        # prefer attention head sizes that are multiples of 8 (the fused attention kernels' fast
+        # path on GPUs) when that width meets the budget within BUDGET_SLACK too
+        step8 = width_step([8 * h for h in heads if h])
+        if step8 > 1 and hidden % step8:
+            try:
+                wide = fit_width(count, self.param_budget, step=step8)
+            except ValueError:
+                wide = None
+            if wide is not None and abs(count(wide) - self.param_budget) \
+                    <= BUDGET_SLACK * self.param_budget:
+                hidden = wide
         log.info("task.param_budget=%d -> model.hidden=%d", self.param_budget, hidden)
         return hidden
 

@@ -190,9 +190,11 @@ def _read_cache(path: Path, dataset) -> tuple[Tensor, Tensor] | None:
 
 
 def cache_device(accelerator: str | None) -> str:
-    """Where the history is computed: ``cuda`` when the trainer may use a GPU and one exists."""
-    return "cuda" if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() \
-        else "cpu"
+    """Where the history is computed: this process's GPU (``cuda:<LOCAL_RANK>``: under DDP each
+    rank its own, not every rank on ``cuda:0``) when the trainer may use a GPU and one exists."""
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0) or 0) % torch.cuda.device_count()}"
+    return "cpu"
 
 
 class FrozenBackboneClassifier(torch.nn.Module):

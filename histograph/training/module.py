@@ -76,10 +76,13 @@ class LitGraphClassifier(pl.LightningModule):
     def loss(self, logits: Tensor, y: Tensor) -> Tensor:
         if self.task == "multiclass":
             return torch.nn.functional.cross_entropy(logits, y.view(-1))
+        # BCE over the labelled entries (OGB marks the others NaN), as a masked mean rather
+        # than boolean indexing, which needs the count on the host (a sync per step on a GPU)
         y = y.view_as(logits).float()
         labelled = ~torch.isnan(y)
-        return torch.nn.functional.binary_cross_entropy_with_logits(logits[labelled],
-                                                                    y[labelled])
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, y.nan_to_num(0.0), reduction="none")
+        return (bce * labelled).sum() / labelled.sum().clamp(min=1)
 
     def _target(self, y: Tensor) -> Tensor:
         return y.view(-1) if self.task == "multiclass" else y
@@ -96,9 +99,10 @@ class LitGraphClassifier(pl.LightningModule):
 
     def _record_layer_weights(self, split: str, weights: Tensor | None) -> None:
         """Accumulate per-graph layer weights ``[B, L]`` (HISTOGRAPH's alpha), if any."""
-        if weights is not None:
-            acc = self._alpha.setdefault(split, [torch.zeros_like(weights[0]), 0])
-            acc[0] = acc[0] + weights.detach().sum(0)
+        if weights is not None:  # summed in fp32 (a bf16 running sum saturates: precision.py)
+            acc = self._alpha.setdefault(split, [torch.zeros_like(weights[0],
+                                                              dtype=torch.float32), 0])
+            acc[0] = acc[0] + weights.detach().float().sum(0)
             acc[1] += weights.size(0)
 
     def _record_loss(self, split: str, loss: Tensor, weight: int) -> None:
@@ -118,12 +122,21 @@ class LitGraphClassifier(pl.LightningModule):
         self._shared_step(batch, "test")
 
     # ------------------------------------------------------------------ epoch ends
+    def _all_sum(self, value: Tensor) -> Tensor:
+        """``value`` summed over the DDP processes (itself on one device): epoch statistics
+        are every rank's, not rank 0's."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size <= 1:
+            return value
+        return trainer.strategy.reduce(value, reduce_op="sum")
+
     def _epoch_loss(self, split: str) -> Tensor | None:
         """Mean loss per graph of ``split`` this epoch (logged as ``<split>/loss``), then reset."""
         total, count = self._loss_sum.pop(split, None), self._loss_count.pop(split, 0)
         if total is None or count == 0:
             return None
-        mean = total / count
+        count_all = self._all_sum(torch.tensor(float(count), device=total.device))
+        mean = self._all_sum(total) / count_all
         self.log(f"{split}/loss", mean, prog_bar=split != "test")
         return mean
 
@@ -136,7 +149,8 @@ class LitGraphClassifier(pl.LightningModule):
             self.log(f"{split}/{self.metric_name}", value, prog_bar=split == "val")
             if split in self._alpha:
                 total, count = self._alpha.pop(split)
-                mean = total / max(count, 1)
+                count_all = self._all_sum(torch.tensor(float(count), device=total.device))
+                mean = self._all_sum(total) / count_all.clamp(min=1)
                 width = len(str(len(mean) - 1))
                 for layer, w in enumerate(mean):
                     self.log(f"{split}/alpha/{layer:0{width}d}", w)

@@ -27,6 +27,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from histograph.nn.precision import autocast_off, fp32
+
 History = Sequence[Tensor] | Tensor
 
 
@@ -90,12 +92,23 @@ class Readout(torch.nn.Module):
         """``batch.max() + 1`` (0 for an empty batch): one host sync."""
         return int(batch.max()) + 1 if batch.numel() else 0
 
+    #: ``True``: the whole readout runs in fp32 under autocast (its reductions over nodes are
+    #: exact; histograph/nn/precision.py); a readout that manages its own precision sets False.
+    full_precision: bool = True
+
     def __call__(self, history: History, batch: Tensor, num_graphs: int | None = None, *,
                  return_layer_weights: bool = False):
         self.check(history)
         if num_graphs is None:
             num_graphs = self.infer_num_graphs(batch)
-        x, weights = _split(super().__call__(history, batch, num_graphs))
+        if self.full_precision:
+            first = history_entry(history, 0)
+            with autocast_off(first):
+                history = fp32(history) if isinstance(history, Tensor) \
+                    else [fp32(h) for h in history]
+                x, weights = _split(super().__call__(history, batch, num_graphs))
+        else:
+            x, weights = _split(super().__call__(history, batch, num_graphs))
         return (x, weights) if return_layer_weights else x
 
     def nodes(self, history: History, batch: Tensor | None = None, num_graphs: int = 1, *,

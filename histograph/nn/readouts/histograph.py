@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.utils import scatter
 
 from histograph.errors import invalid_choice
+from histograph.nn.precision import autocast_off, fp32
 from histograph.nn.readouts.base import History, Readout
 
 NORMALIZATIONS = ("signed", "softmax")
@@ -63,43 +65,52 @@ def size_groups(batch: Tensor, num_graphs: int, merge_slots: int | None = None
 
     Returns:
         (dest, blocks, total): every node's row in the flat buffer :obj:`[N]`; per block
-        ``(offset, B_j, M_j)``; the buffer length :math:`\sum_j B_j M_j`. One host sync (the
-        block shapes); vectorised over nodes and graphs.
+        ``(offset, B_j, M_j)``; the buffer length :math:`\sum_j B_j M_j`. Exactly one
+        device-to-host copy (the graph sizes, ``B`` integers: the block shapes must be known
+        on the host); the per-graph bookkeeping runs on the host in NumPy and comes back in
+        one non-blocking copy; vectorised over nodes and graphs.
     """
     merge_slots = MERGE_SLOTS if merge_slots is None else merge_slots
     device = batch.device
-    counts = torch.bincount(batch, minlength=num_graphs)  # [B]
+    counts_dev = torch.zeros(num_graphs, dtype=torch.long, device=device)
+    counts_dev.scatter_add_(0, batch, torch.ones_like(batch))  # no host round trip
+    counts = counts_dev.cpu().numpy()  # the one sync; the rest is host bookkeeping (numpy)
     # size class = bit length of N_g - 1 (1 node: class 0, 2: 1, 3-4: 2, 5-8: 3, ...)
-    cls = torch.frexp((counts - 1).clamp(min=0).to(torch.float32)).exponent.long()
+    cls = np.frexp(np.maximum(counts - 1, 0).astype(np.float64))[1].astype(np.int64)
     top = max(int(batch.numel()), 1).bit_length() + 1
     nonempty = counts > 0
-    cls = torch.where(nonempty, cls, top)  # empty graphs: an extra, ignored class
-    stats = torch.zeros(2, top + 1, dtype=torch.long, device=device)
-    stats[0].scatter_reduce_(0, cls, counts, reduce="amax")  # largest graph per class
-    stats[1].scatter_add_(0, cls, nonempty.long())  # graphs per class
-    largest, members = stats[:, :top].tolist()  # the host sync: the block shapes
+    cls = np.where(nonempty, cls, top)  # empty graphs: an extra, ignored class
+    largest = np.zeros(top + 1, dtype=np.int64)
+    np.maximum.at(largest, cls, counts)  # largest graph per class
+    members = np.bincount(cls, weights=nonempty, minlength=top + 1).astype(np.int64)
     group_of = [0] * (top + 1)
     groups: list[list[int]] = []  # [graphs, largest]
     for b in range(top):  # over size classes (at most ~log2(N) + 1), never over graphs
         if not members[b]:
             continue
-        if groups and groups[-1][0] * (largest[b] ** 2 - groups[-1][1] ** 2) < merge_slots:
-            groups[-1] = [groups[-1][0] + members[b], largest[b]]
+        size = int(largest[b])
+        if groups and groups[-1][0] * (size ** 2 - groups[-1][1] ** 2) < merge_slots:
+            groups[-1] = [groups[-1][0] + int(members[b]), size]
         else:
-            groups.append([members[b], largest[b]])
+            groups.append([int(members[b]), size])
         group_of[b] = len(groups) - 1
     blocks, offset = [], 0
     for num, size in groups:
         blocks.append((offset, num, size))
         offset += num * size
     group_of[top] = len(groups)  # empty graphs
-    group = torch.tensor(group_of, device=device)[cls]  # [B]
-    one_hot = torch.nn.functional.one_hot(group, len(groups) + 1)  # [B, G + 1]
+    group = np.asarray(group_of)[cls]  # [B]
+    one_hot = np.eye(len(groups) + 1, dtype=np.int64)[group]  # [B, G + 1]
     slot = (one_hot.cumsum(0) * one_hot).sum(1) - 1  # rank of each graph within its group
-    info = torch.tensor([[o, m] for o, _, m in blocks] + [[0, 0]], device=device)  # [G+1, 2]
+    info = np.asarray([[o, m] for o, _, m in blocks] + [[0, 0]], dtype=np.int64)  # [G+1, 2]
     graph_row = info[group, 0] + slot * info[group, 1]  # first row of each graph's block
-    start = torch.cumsum(counts, 0) - counts  # first node of each graph
-    dest = graph_row[batch] + (torch.arange(batch.numel(), device=device) - start[batch])
+    start = np.cumsum(counts) - counts  # first node of each graph
+    shift = torch.from_numpy(graph_row - start)  # [B]: a node's row = its index + this
+    if device.type == "cuda":  # back without blocking the host
+        shift = shift.pin_memory().to(device, non_blocking=True)
+    else:
+        shift = shift.to(device)
+    dest = shift[batch] + torch.arange(batch.numel(), device=device)
     return dest, blocks, offset
 
 
@@ -177,6 +188,9 @@ class HistographReadout(Readout):
         dropout (float, optional): Dropout on the stage-2 attention weights (training only).
             (default: :obj:`0.0`)
     """
+
+    #: its projection and node attention may run in bf16; the layer weights are computed in fp32
+    full_precision = False
 
     def __init__(self, in_channels: int, history_len: int, *, normalization: str = "signed",
                  scope: str = "graph", layer_stage: bool = True, node_stage: bool = True,
@@ -281,20 +295,24 @@ class HistographReadout(Readout):
             # <q, W_K x> = <W_K^T q, x>: one [N, D] x [D, D] product instead of keys for
             # all L layers ([N, L, D] x [D, D]); the 1/sqrt(D) scale rides along
             qk = (q @ self.layer_key.weight) * (1.0 / math.sqrt(D))
-            s = (xt * qk).sum(dim=-1).t()  # [N, L]
-            if self.scope == "graph":
-                c = scatter(s, batch, dim=0, dim_size=num_graphs, reduce="mean")  # [B, L]
-            else:
-                c = s.mean(dim=0, keepdim=True)  # [1, L]
-            if self.normalization == "signed":
-                total = c.sum(dim=-1, keepdim=True)
-                floor = self.eps if self.guard == "absolute" else \
-                    (self.eps * c.abs().sum(dim=-1, keepdim=True)).clamp(min=MIN_DENOMINATOR)
-                alpha = c / signed_guard(total, floor)
-            else:
-                alpha = torch.softmax(c, dim=-1)
-            node_alpha = alpha[batch] if self.scope == "graph" else alpha  # [N or 1, L]
-            h = (node_alpha.t().unsqueeze(-1) * xt).sum(dim=0)  # [N, D]
+            # the layer weighting in fp32 under autocast: per-graph means of the scores, the
+            # signed division and its guard (histograph/nn/precision.py)
+            with autocast_off(xt):
+                xt, qk = fp32(xt), fp32(qk)
+                s = (xt * qk).sum(dim=-1).t()  # [N, L]
+                if self.scope == "graph":
+                    c = scatter(s, batch, dim=0, dim_size=num_graphs, reduce="mean")  # [B, L]
+                else:
+                    c = s.mean(dim=0, keepdim=True)  # [1, L]
+                if self.normalization == "signed":
+                    total = c.sum(dim=-1, keepdim=True)
+                    floor = self.eps if self.guard == "absolute" else \
+                        (self.eps * c.abs().sum(dim=-1, keepdim=True)).clamp(min=MIN_DENOMINATOR)
+                    alpha = c / signed_guard(total, floor)
+                else:
+                    alpha = torch.softmax(c, dim=-1)
+                node_alpha = alpha[batch] if self.scope == "graph" else alpha  # [N or 1, L]
+                h = (node_alpha.t().unsqueeze(-1) * xt).sum(dim=0)  # [N, D]
             weights = alpha.detach().expand(num_graphs, L)
         else:  # ablation: last layer only (project just that entry)
             h = self._project(xs[L - 1:], L - 1)[0]
