@@ -1,161 +1,329 @@
-"""GPU check: training steps per second and peak memory on CUDA, bf16 autocast off and on.
+"""The GPU acceptance check: the real training path on real data, fp32 against bf16, with verdicts.
 
-The matrix of the CPU benchmarks, on a GPU: GIN + readout (mean, histograph, gmt) + MLP head,
-one full training step (forward, loss, backward, optimizer) per batch, at depths 2, 8, 32, 64 on
-batches whose graph sizes follow MUTAG / PROTEINS / DD / REDDIT-BINARY (18, 39, 284, 430 nodes on
-average; heavy-tailed log-normal sizes, average degree 4, 32 and 128 graphs per batch), with
-``torch.autocast("cuda", dtype=torch.bfloat16)`` off and on (as ``trainer.precision=bf16-mixed``
-does). The graphs are synthetic so that the script needs no dataset on the GPU machine; batches
-are built once and live on the device (as the cached loader's would after the first transfer).
+Every run goes through ``histograph.train.run`` on a config composed as ``python train.py``
+composes it (the real loader, with its copies; the real LightningModule, callbacks and guards):
 
-Without CUDA it says so and exits 0; ``--device cpu`` runs the same code on the CPU (a smoke
-test of the script, not a GPU figure).
+* **matrix**: GIN, GCN and GAT x readout mean and histograph x depth 5 and 64 on PROTEINS,
+  REDDIT-BINARY and ogbg-molhiv (from the data mirror), each trained once in fp32 and once with
+  ``trainer.precision=bf16-mixed``: steps/s over the steps after the first epoch, peak GPU memory,
+  host reads per training step (a ``TorchFunctionMode`` counting ``.item()``/``.tolist()``/
+  ``bool()``/``.cpu()``/boolean masks; each is a sync on a GPU). **Agreement**: the fp32 run's
+  selected checkpoint is evaluated on its test split with and without bf16 autocast; the test
+  metric must agree within ``METRIC_TOL`` and HISTOGRAPH's layer weights within ``ALPHA_TOL``;
+* **node task** end to end (Cora, GCN-64, HISTOGRAPH stage 1), **frozen mode** (a readout + head
+  on the PROTEINS GIN-5 checkpoint's cached history), and a **2-process DDP** run when the
+  machine has two GPUs.
 
-    python scripts/gpu_check.py                 # full matrix on cuda
-    python scripts/gpu_check.py --quick         # PROTEINS and DD sizes, depth 2 and 32, batch 32
+Writes ``gpu_check.json`` and ``gpu_check.md`` into ``--out`` and exits 1 when any check failed
+(0 when all passed; without CUDA and without ``--device cpu`` it says so and exits 0).
+``--device cpu --quick`` runs a tiny version of the same checks (MUTAG, GIN-2, bf16 autocast on
+the CPU; Cora GCN-2; frozen MUTAG) in the default test suite (``tests/test_gpu_check.py``).
+
+    python scripts/gpu_check.py --out results/gpu            # on a GPU machine (under 8 minutes)
+    python scripts/gpu_check.py --device cpu --quick --out /tmp/gpu_check
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import os
+import subprocess
+import sys
+import tempfile
 import time
+import traceback
+from pathlib import Path
 
-import _bench  # noqa: F401  (sets sys.path and the offline environment first)
-import torch
-import torch.nn.functional as F
-from _bench import compose, matmul_gflops, median, table
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout, uninstalled
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("OUTDATED_IGNORE", "1")
 
-SIZES = {"MUTAG": 17.9, "PROTEINS": 39.1, "DD": 284.3, "REDDIT": 429.6}
+import lightning.pytorch as pl  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import open_dict  # noqa: E402
+from torch.overrides import TorchFunctionMode  # noqa: E402
 
+import histograph.train as train_mod  # noqa: E402
+from histograph.resolvers import config_dir  # noqa: E402
+from histograph.tasks import build_task  # noqa: E402
 
-def synthetic_batch(mean_nodes: float, graphs: int, seed: int, device: str,
-                    features: int = 8):
-    """A PyG ``Batch`` of ``graphs`` random graphs, sizes log-normal around ``mean_nodes``."""
-    from torch_geometric.data import Batch, Data
-
-    gen = torch.Generator().manual_seed(seed)
-    sigma = 0.6  # heavy tail like the TU sets (max/mean ~ 10-20)
-    mu = math.log(mean_nodes) - sigma ** 2 / 2
-    sizes = torch.exp(mu + sigma * torch.randn(graphs, generator=gen)).round().clamp(min=2).long()
-    ptr = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
-    edges = 2 * sizes  # average degree 4 (both directions)
-    owner = torch.repeat_interleave(torch.arange(graphs), edges)
-    src = ptr[owner] + (torch.rand(len(owner), generator=gen) * sizes[owner]).long()
-    dst = ptr[owner] + (torch.rand(len(owner), generator=gen) * sizes[owner]).long()
-    n = int(ptr[-1])
-    batch = Batch(_base_cls=Data)
-    batch.x = torch.randn(n, features, generator=gen)
-    batch.edge_index = torch.stack([torch.cat([src, dst]), torch.cat([dst, src])])
-    batch.y = torch.randint(0, 2, (graphs,), generator=gen)
-    batch.batch = torch.repeat_interleave(torch.arange(graphs), sizes)
-    batch.ptr = ptr
-    batch._num_graphs = graphs
-    return batch.to(device)
+#: fp32 vs bf16 evaluation of the same weights: test metric (absolute) and layer weights.
+METRIC_TOL, ALPHA_TOL = 0.02, 0.05
+#: Host reads per training step allowed on a GPU: none with mean pooling, one for HISTOGRAPH's
+#: node attention (graph sizes), plus the guard's read every 25 steps. On a CPU the guard reads
+#: the loss and the gradient norm every step (free there): two more.
+READS = {"mean": 0.1, "histograph": 1.1}
+CPU_GUARD_READS = 2.0
 
 
-def build(readout: str, layers: int, device: str):
-    from types import SimpleNamespace
+class HostReads(TorchFunctionMode):
+    """Counts the calls that read a tensor's value on the host."""
 
-    from hydra.utils import instantiate
+    NAMES = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "cpu",
+             "nonzero"}
 
-    from histograph.tasks.graph import build_graph_model
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
 
-    cfg = compose([f"readout={readout}", f"model.layers={layers}"])
-    torch.manual_seed(0)
-    model = build_graph_model(cfg, SimpleNamespace(num_features=8, num_outputs=2, edge_dim=None,
-                                                   encoder="linear"))
-    model = model.to(device).train()
-    return model, instantiate(cfg.optimizer)(params=model.parameters())
-
-
-def measure(model, opt, batches, device: str, bf16: bool, steps: int) -> tuple[float, float]:
-    """(steps per second, peak MB of one step)."""
-    cuda = device.startswith("cuda")
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-
-    def step(b):
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(model(b), b.y)
-        loss.backward()
-        opt.step()
-
-    for b in batches:  # warm-up (kernel selection, allocator)
-        step(b)
-    sync()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    start, done = time.perf_counter(), 0
-    while done < steps:
-        step(batches[done % len(batches)])
-        done += 1
-    sync()
-    rate = done / (time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated() - before) / 2 ** 20 if cuda else float("nan")
-    return rate, peak
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.NAMES or (name == "__getitem__" and len(args) > 1 and isinstance(
+                args[1], torch.Tensor) and args[1].dtype == torch.bool):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--readouts", nargs="+", default=["mean", "histograph", "gmt"])
-    parser.add_argument("--depths", nargs="+", type=int, default=[2, 8, 32, 64])
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128])
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per cell")
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved repeats per cell")
-    parser.add_argument("--json", default=None, help="also write the rows to this file")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+class Measure(pl.Callback):
+    """Steps/s after the first epoch, peak memory, and host reads per training step."""
+
+    def __init__(self) -> None:
+        self.steps, self.start, self.reads, self.counted = 0, None, 0, 0
+        self.mode: HostReads | None = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == 1:
+            self._sync()
+            self.start, self.steps = time.perf_counter(), 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.current_epoch >= 1 and batch_idx < 20:
+            self.mode = HostReads()
+            self.mode.__enter__()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.mode is not None:
+            self.mode.__exit__(None, None, None)
+            self.reads, self.counted, self.mode = self.reads + self.mode.count, \
+                self.counted + 1, None
+        self.steps += 1
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._sync()
+        self.seconds = time.perf_counter() - self.start if self.start else float("nan")
+
+    @staticmethod
+    def _sync() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+
+def make_cfg(overrides: list[str], out: Path, data_dir: Path):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+        cfg.paths.data_dir = str(data_dir)
+        cfg.hydra.runtime.output_dir = str(out)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def train(overrides: list[str], out: Path, data_dir: Path) -> tuple[dict, Measure]:
+    """``histograph.train.run`` with the measuring callback added."""
+    measure = Measure()
+    real = train_mod.build_trainer
+    train_mod.build_trainer = lambda cfg, cbs, lg, od: real(cfg, [*cbs, measure], lg, od)
+    try:
+        results = train_mod.run(make_cfg(overrides, out, data_dir))
+    finally:
+        train_mod.build_trainer = real
+    return results, measure
+
+
+@torch.no_grad()
+def evaluate(overrides: list[str], checkpoint: str, out: Path, data_dir: Path, device: str,
+             bf16: bool) -> tuple[float, list[float] | None]:
+    """The test metric and mean layer weights of ``checkpoint`` (fp32 or bf16 autocast)."""
+    cfg = make_cfg(overrides, out, data_dir)
+    task = build_task(cfg)
+    dm = task.datamodule(cfg)
+    lit = task.lightning_module(cfg, task.network(cfg, dm), dm)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    lit.load_state_dict(state)
+    lit.to(device).eval()
+    metric = lit.metrics["test_"]
+    metric.reset()
+    weights = []
+    for batch in dm.test_dataloader():
+        batch = batch.to(device)
+        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16,
+                            enabled=bf16):
+            logits, alpha = lit.model(batch, return_layer_weights=True)
+        metric.update(logits.float(), lit._target(batch.y))
+        if alpha is not None:
+            weights.append(alpha.float().mean(0))
+    alpha = torch.stack(weights).mean(0).tolist() if weights else None
+    return float(metric.compute()), alpha
+
+
+def matrix(args) -> list[dict]:
     if args.quick:
-        args.sizes, args.depths, args.batch_sizes = ["PROTEINS", "DD"], [2, 32], [32]
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("gpu_check: no CUDA device here; nothing to check (use --device cpu for a smoke "
-              "test of the script).")
-        return
-    name = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
-            else "cpu")
-    print(f"## GPU check on {name}; torch {torch.__version__}; fp32 matmul "
-          f"{matmul_gflops(4096 if args.device != 'cpu' else 512, device=args.device):.0f} "
-          f"GFLOP/s; bf16 supported: "
-          f"{torch.cuda.is_bf16_supported() if args.device != 'cpu' else 'cpu'}", flush=True)
-    rows = []
-    for size in args.sizes:
-        for graphs in args.batch_sizes:
-            batches = [synthetic_batch(SIZES[size], graphs, seed, args.device)
-                       for seed in range(4)]
-            for depth in args.depths:
-                row = {"sizes": size, "batch": graphs, "layers": depth,
-                       "nodes/batch": int(median([b.num_nodes for b in batches]))}
-                for readout in args.readouts:
-                    try:
-                        model, opt = build(readout, depth, args.device)
-                        samples = {bf: [] for bf in (False, True)}
-                        for _ in range(args.repeats):
-                            for bf in (False, True):
-                                samples[bf].append(measure(model, opt, batches, args.device,
-                                                           bf, args.steps))
-                        for bf, tag in ((False, "fp32"), (True, "bf16")):
-                            row[f"{readout} {tag} steps/s"] = median(r for r, _ in samples[bf])
-                            row[f"{readout} {tag} MB"] = max(m for _, m in samples[bf])
-                    except torch.OutOfMemoryError:
-                        row[f"{readout} fp32 steps/s"] = "OOM"
-                    finally:
-                        if args.device.startswith("cuda"):
-                            torch.cuda.empty_cache()
-                rows.append(row)
-                print("  " + json.dumps(row), flush=True)
-    cols = ["sizes", "batch", "layers", "nodes/batch"] + [
-        f"{r} {t} {u}" for r in args.readouts for t in ("fp32", "bf16") for u in ("steps/s", "MB")]
-    print(table(rows, cols))
-    if args.json:
-        from histograph.utils import atomic_write_json
+        return [dict(dataset="mutag", model="gin", readout=r, layers=2) for r in
+                ("mean", "histograph")]
+    return [dict(dataset=d, model=m, readout=r, layers=L)
+            for d in ("proteins", "reddit_binary", "ogbg_molhiv")
+            for m in ("gin", "gcn", "gat") for r in ("mean", "histograph") for L in (5, 64)]
 
-        atomic_write_json(args.json, rows)
+
+def check_run(case: dict, args, work: Path) -> dict:
+    name = "-".join(str(v) for v in case.values())
+    base = [f"dataset={case['dataset']}", f"model={case['model']}", f"readout={case['readout']}",
+            f"model.layers={case['layers']}", f"trainer.max_epochs={args.epochs}",
+            "trainer.enable_progress_bar=false", "logger=csv", "threads=1",
+            f"trainer.accelerator={'cpu' if args.device == 'cpu' else 'gpu'}"]
+    if case["dataset"] == "ogbg_molhiv":
+        base.append("model=gine")  # OGB's bond features
+    row = dict(case, check="train fp32 and bf16; evaluate fp32 weights in bf16")
+    for precision in ("32-true", "bf16-mixed"):
+        if args.device != "cpu":
+            torch.cuda.reset_peak_memory_stats()
+        res, m = train([*base, f"trainer.precision={precision}"], work / name / precision,
+                       args.data_dir)
+        tag = "fp32" if precision == "32-true" else "bf16"
+        row[f"{tag}_steps_per_s"] = round(m.steps / m.seconds, 1) if m.seconds else None
+        row[f"{tag}_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20) \
+            if args.device != "cpu" else None
+        row[f"{tag}_reads_per_step"] = round(m.reads / max(m.counted, 1), 2)
+        row[f"{tag}_test"] = res["test"]
+        if tag == "fp32":
+            checkpoint, row["metric"] = res["checkpoint"], res["metric"]
+    device = "cpu" if args.device == "cpu" else "cuda"
+    ev32, a32 = evaluate(base, checkpoint, work / name / "eval", args.data_dir, device, False)
+    ev16, a16 = evaluate(base, checkpoint, work / name / "eval", args.data_dir, device, True)
+    row["eval_fp32"], row["eval_bf16"] = round(ev32, 4), round(ev16, 4)
+    row["alpha_max_diff"] = None if a32 is None else round(
+        max(abs(x - y) for x, y in zip(a32, a16)), 4)
+    allowed = READS[case["readout"]] + (CPU_GUARD_READS if args.device == "cpu" else 0)
+    problems = []
+    if abs(ev32 - ev16) > METRIC_TOL:
+        problems.append(f"bf16 evaluation differs by {abs(ev32 - ev16):.3f}")
+    if row["alpha_max_diff"] is not None and row["alpha_max_diff"] > ALPHA_TOL:
+        problems.append(f"layer weights differ by {row['alpha_max_diff']}")
+    for tag in ("fp32", "bf16"):
+        if row[f"{tag}_reads_per_step"] > allowed:
+            problems.append(f"{row[f'{tag}_reads_per_step']} host reads per {tag} step "
+                            f"(allowed {allowed})")
+    row["ok"], row["problems"] = not problems, problems
+    return row
+
+
+def check_node(args, work: Path) -> dict:
+    layers = 2 if args.quick else 64
+    res, _ = train(["task=node", "dataset=cora", f"model.layers={layers}",
+                    "readout=histograph_stage1", f"trainer.max_epochs={args.epochs}",
+                    "trainer.enable_progress_bar=false", "logger=csv", "threads=1",
+                    f"trainer.accelerator={'cpu' if args.device == 'cpu' else 'gpu'}"],
+                   work / "node", args.data_dir)
+    ok = res["dirichlet_energy"] is not None and len(res["layer_weights"] or []) == layers
+    return dict(check=f"node task end to end (Cora, GCN-{layers}, histograph_stage1)", ok=ok,
+                test=res["test"], problems=[] if ok else ["no diagnostics or layer weights"])
+
+
+def check_frozen(args, work: Path) -> dict:
+    dataset = "mutag" if args.quick else "proteins"
+    common = [f"dataset={dataset}", "trainer.enable_progress_bar=false", "logger=csv",
+              "threads=1", f"trainer.max_epochs={args.epochs}",
+              f"trainer.accelerator={'cpu' if args.device == 'cpu' else 'gpu'}"]
+    train([*common, "model.layers=5"], work / "frozen_src", args.data_dir)
+    ckpt = work / "frozen_src" / "checkpoints" / "last.ckpt"
+    res, m = train([*common, "mode=frozen", f"backbone_ckpt={ckpt}", "readout=histograph"],
+                   work / "frozen", args.data_dir)
+    ok = res["num_trainable_params"] < res["num_params"] and len(res["layer_weights"]) == 6
+    return dict(check=f"frozen mode ({dataset}, GIN-5 backbone, histograph head)", ok=ok,
+                test=res["test"], steps_per_s=round(m.steps / m.seconds, 1) if m.seconds
+                else None, problems=[] if ok else ["the frozen run did not train its head"])
+
+
+def check_ddp(args, work: Path) -> dict | None:
+    if args.device == "cpu" or torch.cuda.device_count() < 2:
+        return None
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "trainer=ddp",
+                           "trainer.devices=2", "dataset=proteins", "trainer.max_epochs=2",
+                           "trainer.enable_progress_bar=false", f"hydra.run.dir={work / 'ddp'}",
+                           f"paths.data_dir={args.data_dir}"], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+    ok = proc.returncode == 0 and (work / "ddp" / "results.json").exists()
+    world = json.loads((work / "ddp" / "results.json").read_text())["world_size"] if ok else None
+    return dict(check="2-process DDP run", ok=ok and world == 2, world_size=world,
+                problems=[] if ok else [proc.stderr.strip().splitlines()[-1:]])
+
+
+def markdown(report: dict) -> str:
+    rows = report["runs"]
+    cols = ["dataset", "model", "readout", "layers", "fp32_steps_per_s", "bf16_steps_per_s",
+            "fp32_peak_mb", "bf16_peak_mb", "fp32_reads_per_step", "eval_fp32", "eval_bf16",
+            "alpha_max_diff", "ok"]
+    lines = [f"# GPU check ({report['device']}, {report['gpu']}, torch {report['torch']})", "",
+             f"`{report['command']}`; {report['epochs']} epoch(s) per run; agreement: test "
+             f"metric within {METRIC_TOL}, layer weights within {ALPHA_TOL}; all checks "
+             f"{'PASSED' if report['ok'] else 'FAILED'} ({report['seconds']:.0f} s).", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    lines += ["", "| other check | ok | details |", "|---|---|---|"]
+    lines += [f"| {c['check']} | {c['ok']} | {'; '.join(map(str, c['problems'])) or '-'} |"
+              for c in report["checks"]]
+    failed = [r for r in rows if not r["ok"]]
+    if failed:
+        lines += ["", "Failed runs:", ""] + [f"- {r['dataset']} {r['model']} {r['readout']} "
+                                             f"L={r['layers']}: {'; '.join(r['problems'])}"
+                                             for r in failed]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--quick", action="store_true", help="the tiny CPU-test matrix")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per run (>= 2: the "
+                                                              "first is not timed)")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "gpu")
+    parser.add_argument("--data-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device here; nothing was measured (use --device cpu for the "
+              "CPU version of the checks).")
+        return 0
+    start = time.time()
+    torch.set_num_threads(1 if args.device == "cpu" else torch.get_num_threads())
+    work = Path(tempfile.mkdtemp(prefix="gpu_check-"))
+    args.data_dir = args.data_dir or work / "data"
+    runs, checks = [], []
+    for case in matrix(args):
+        try:
+            row = check_run(case, args, work)
+        except Exception as exc:  # noqa: BLE001 - a failed run is a failed check, not a crash
+            row = dict(case, ok=False, problems=[f"{type(exc).__name__}: {exc}"],
+                       traceback=traceback.format_exc())
+        runs.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "traceback"}), flush=True)
+    for check in (check_node, check_frozen, check_ddp):
+        try:
+            result = check(args, work)
+        except Exception as exc:  # noqa: BLE001
+            result = dict(check=check.__name__, ok=False,
+                          problems=[f"{type(exc).__name__}: {exc}"])
+        if result is not None:
+            checks.append(result)
+    report = dict(device=args.device, gpu=torch.cuda.get_device_name(0) if args.device ==
+                  "cuda" else "none", torch=torch.__version__, epochs=args.epochs,
+                  command="python scripts/gpu_check.py " + " ".join(sys.argv[1:] if argv is None
+                                                                     else argv),
+                  runs=runs, checks=checks, seconds=time.time() - start,
+                  ok=all(r["ok"] for r in runs) and all(c["ok"] for c in checks))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "gpu_check.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0 if report["ok"] else 1
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
