@@ -108,5 +108,7 @@ def summary_line(record: dict[str, Any], path: str | os.PathLike) -> str:
     val = f"val {metric} {record['val']:.4f}, " if record.get("val") is not None else ""
     flag = (f"  COLLAPSED from epoch {record['collapsed_from']} (one class)"
             if record.get("collapsed") else "")
+    relative = os.path.relpath(path)  # the run folder as seen from where the user stands
+    path = path if relative.startswith("..") else relative
     return (f"[histograph] {record['run_name']}: selected epoch {record['selected_epoch']} "
             f"({record['protocol']}): {val}test {metric} {record['test']:.4f}{flag}  -> {path}")

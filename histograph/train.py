@@ -10,6 +10,7 @@ cleanly on a signal (:mod:`histograph.training.interrupt`).
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,10 @@ from histograph.training.callbacks import build_callbacks
 from histograph.training.csv_logger import resume_loggers
 from histograph.training.interrupt import (RunDirLock, RunInterrupted, SignalFlag,
                                            write_interrupted)
-from histograph.training.loggers import finish_wandb, log_config, log_metrics, run_loggers
+from histograph.training.loggers import (finish_wandb, log_config, log_metrics,
+                                         publish_summary, run_loggers)
 from histograph.training.module import selected_round
+from histograph.training.progress import EpochLines
 from histograph.utils import prepare_output_dir, resolve_threads
 
 log = logging.getLogger("histograph")
@@ -42,18 +45,25 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list, output_dir: P
                   ) -> pl.Trainer:
     """The Lightning Trainer of ``cfg.trainer``; a rejected setting ends in one sentence.
 
+    ``trainer.enable_progress_bar: auto`` draws the bar on a terminal and logs one line per epoch
+    otherwise (:class:`~histograph.training.progress.EpochLines`, also when the bar is off).
     ``trainer.matmul_precision`` is not a Trainer argument: it sets
     ``torch.set_float32_matmul_precision`` on GPU runs (``high``: TF32 matmuls on Ampere and
     later; ``highest``: full fp32), and is left alone on the CPU.
     """
-    settings = OmegaConf.masked_copy(cfg.trainer, [k for k in cfg.trainer
-                                                   if k != "matmul_precision"])
+    settings = OmegaConf.masked_copy(cfg.trainer, [k for k in cfg.trainer if k not in
+                                                   ("matmul_precision", "enable_progress_bar")])
     precision = cfg.trainer.get("matmul_precision")
     if precision and torch.cuda.is_available() and cfg.trainer.get("accelerator") != "cpu":
         torch.set_float32_matmul_precision(precision)
+    bar = cfg.trainer.get("enable_progress_bar", "auto")
+    if bar == "auto":  # a bar on a terminal, one line per epoch elsewhere (training/progress.py)
+        bar = sys.stdout.isatty()
+    if not bar:
+        callbacks = [*callbacks, EpochLines()]
     try:
         return instantiate(settings, callbacks=callbacks, logger=loggers,
-                           default_root_dir=str(output_dir))
+                           enable_progress_bar=bool(bar), default_root_dir=str(output_dir))
     except Exception as exc:  # Hydra wraps the Trainer's own error (MisconfigurationException)
         cause = exc.__cause__ or exc
         raise UserError(f"The trainer settings were rejected ({type(cause).__name__}: "
@@ -99,6 +109,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             diagnostics = task.measure(lit.model, dm, trainer)  # the selected weights
             log_metrics(loggers, smoothing_metrics(diagnostics, diagnostics["diagnostics_split"]),
                         step=trainer.global_step)
+            record = results_record(cfg, dm=dm, network=network, lit=lit, trainer=trainer,
+                                    history=history, tested=tested,
+                                    selected=selected_round(history),
+                                    checkpoint=best.best_model_path, diagnostics=diagnostics,
+                                    config_changes=resume.changes, start=start)
+            publish_summary(loggers, record)  # the dashboards' keys (docs/dashboards.md)
             failed = False
         except (RunInterrupted, SIGTERMException) as exc:
             stop = exc if isinstance(exc, RunInterrupted) else RunInterrupted(flag.received or 15)
@@ -106,10 +122,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             raise stop from None
         finally:
             finish_wandb(loggers, failed)
-    record = results_record(cfg, dm=dm, network=network, lit=lit, trainer=trainer,
-                            history=history, tested=tested, selected=selected_round(history),
-                            checkpoint=best.best_model_path, diagnostics=diagnostics,
-                            config_changes=resume.changes, start=start)
     if trainer.is_global_zero:  # DDP: every rank returns the results, rank 0 writes them
         path = write_results(output_dir, record)
         print(summary_line(record, path), flush=True)

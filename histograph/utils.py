@@ -6,13 +6,16 @@ atomic writers before (or without) torch.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 import platform
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from histograph.errors import UserError
 
@@ -61,6 +64,17 @@ def _json_default(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return obj.item()
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def quietly(build: Callable[[], Any]) -> Any:
+    """``build()`` with what it prints (PyG's and OGB's ``Processing...``, tqdm bars, ``Done!``)
+    kept out of the console: it goes to the debug log instead."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        result = build()
+    if out.getvalue().strip():
+        logging.getLogger("histograph").debug("%s", out.getvalue().strip())
+    return result
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:

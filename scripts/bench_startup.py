@@ -111,11 +111,28 @@ def slowest_imports(env: dict, top: int = 12) -> list[dict]:
     return [{"package": k, "self s": v / 1e6} for k, v in ranked]
 
 
+def config_error_time(env: dict, root: Path = ROOT) -> float:
+    """Wall seconds from ``python train.py model.layers=0`` to its one-line error."""
+    start = time.time()
+    proc = subprocess.run([sys.executable, str(root / "train.py"), "model.layers=0"], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "model.layers" in proc.stderr, proc.stderr[-500:]
+    return time.time() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--datasets", nargs="+", default=["mutag", "proteins"])
+    parser.add_argument("--config-error-only", action="store_true",
+                        help="only the time to a config error (wall s, median)")
     args = parser.parse_args()
+    if args.config_error_only:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        times = [config_error_time(env) for _ in range(args.repeats)]
+        print(f"time to a config error (python train.py model.layers=0): median "
+              f"{median(times):.2f} s over {len(times)} runs ({', '.join(f'{t:.2f}' for t in times)})")
+        return
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "PYTHONPATH": str(ROOT)}
     print(header("Start-up", int(env["OMP_NUM_THREADS"]),

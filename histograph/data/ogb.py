@@ -19,6 +19,7 @@ from histograph.data.graphs import GraphData
 from histograph.data.locks import dataset_lock
 from histograph.data.mirror import MIRROR_ENV, resolve_mirror, stage
 from histograph.errors import UserError
+from histograph.utils import quietly
 
 _RAW = ("edge.csv.gz", "node-feat.csv.gz", "edge-feat.csv.gz", "graph-label.csv.gz",
         "num-node-list.csv.gz", "num-edge-list.csv.gz")
@@ -65,7 +66,8 @@ def load_ogb(name: str, data_dir: str | os.PathLike, data_mirror: str | None = N
         try:
             dataset, fingerprint = load_processed(
                 base, "processed", _FINGERPRINTED,
-                lambda: PygGraphPropPredDataset(name=name, root=str(root)), repr(name))
+                lambda: quietly(lambda: PygGraphPropPredDataset(name=name, root=str(root))),
+                repr(name))
         except Exception as exc:  # noqa: BLE001 - turned into one clear sentence
             if isinstance(exc, (KeyError, ValueError)) and "master" in repr(exc).lower():
                 raise UserError(f"{name!r} is not an OGB graph dataset name.") from exc

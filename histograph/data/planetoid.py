@@ -18,6 +18,7 @@ from histograph.data.locks import dataset_lock
 from histograph.data.mirror import MIRROR_ENV, resolve_mirror, stage
 from histograph.data.node_datamodule import NodeData
 from histograph.errors import UserError, unknown_choice
+from histograph.utils import quietly
 
 NAMES = ("Cora", "CiteSeer", "PubMed")
 SPLITS = ("public", "full")
@@ -54,7 +55,8 @@ def load_planetoid(name: str, data_dir: str | os.PathLike, data_mirror: str | No
         try:
             dataset, fingerprint = load_processed(
                 root / canonical, "processed", ("raw",),
-                lambda: Planetoid(str(root), canonical, split=split), f"Planetoid {canonical!r}")
+                lambda: quietly(lambda: Planetoid(str(root), canonical, split=split)),
+                f"Planetoid {canonical!r}")
         except Exception as exc:  # noqa: BLE001 - turned into one clear sentence below
             first = str(exc).splitlines()[0] if str(exc) else ""
             if missing:

@@ -22,6 +22,7 @@ from histograph.data.graphs import GraphData, InMemoryGraphs
 from histograph.data.locks import dataset_lock
 from histograph.data.mirror import MIRROR_ENV, resolve_mirror, stage
 from histograph.errors import UserError
+from histograph.utils import quietly
 
 _REQUIRED = ("A", "graph_indicator", "graph_labels")
 # Sets published with node labels: without ``<name>_node_labels.txt`` PyG would give them no
@@ -58,7 +59,8 @@ def load_tu(name: str, data_dir: str | os.PathLike, data_mirror: str | None = No
         try:
             dataset, fingerprint = load_processed(
                 root / name, raw_name.replace("raw", "processed"), (raw_name,),
-                lambda: TUDataset(str(root), name, use_node_attr=use_node_attr, cleaned=cleaned),
+                lambda: quietly(lambda: TUDataset(str(root), name, use_node_attr=use_node_attr,
+                                                  cleaned=cleaned)),
                 f"TU dataset {name!r}")
         except UserError:
             raise

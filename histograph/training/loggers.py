@@ -56,7 +56,9 @@ def run_loggers(cfg: DictConfig, output_dir: Path, name: str) -> list[Logger]:
     runs), typed by readout, named after the job's overrides (else ``name``), tagged with the
     experiment preset."""
     tags = [t for t in dict.fromkeys([*(cfg.get("tags") or []), choice(cfg, "experiment")]) if t]
-    return build_loggers(cfg.get("logger"), output_dir, run_name=job_name() or name,
+    # a sweep job is named by its overrides (unique in the group), a single run by its content
+    return build_loggers(cfg.get("logger"), output_dir,
+                         run_name=(job_name() if is_multirun() else None) or name,
                          group=cfg.get("sweep_name") if is_multirun() else cfg.get("task_name"),
                          job_type=choice(cfg, "readout"), tags=tags)
 
@@ -74,6 +76,45 @@ def log_metrics(loggers: list[Logger], metrics: dict[str, float], step: int) -> 
     for lg in loggers:
         lg.log_metrics(metrics, step=step)
         lg.save()
+
+
+def summary_values(record: dict[str, Any]) -> dict[str, Any]:
+    """The W&B summary keys every run sets, from its ``results.json`` record: the *selected*
+    epoch's figures under fixed names (a W&B run's own summary of ``val/acc`` is the last
+    epoch's), the collapse flag and the run's identity (docs/dashboards.md)."""
+    return {"selected/epoch": record["selected_epoch"], "selected/val": record["val"],
+            "selected/test": record["test"], "selected/metric": record["metric"],
+            "collapsed": record.get("collapsed"), "collapsed_from": record.get("collapsed_from"),
+            "num_params": record["num_params"], "dataset": record["dataset"],
+            "model": record["model"], "readout": record["readout"], "layers": record["layers"],
+            "fold": record["fold"], "seed": record["seed"], "protocol": record["protocol"]}
+
+
+def publish_summary(loggers: list[Logger], record: dict[str, Any]) -> None:
+    """Put :func:`summary_values` in the W&B run's summary, and the per-layer vectors as tables:
+    ``layer_weights`` (``layer``, ``alpha``) and ``oversmoothing`` (``layer``,
+    ``dirichlet_energy``, ``mad``), so that a panel needs no run history."""
+    runs = [lg.experiment for lg in loggers if isinstance(lg, WandbLogger)]
+    if not runs:
+        return
+    import wandb  # only when a W&B logger is configured (an optional dependency)
+
+    for run in runs:
+        run.summary.update(summary_values(record))
+        tables = {}
+        if record.get("layer_weights"):
+            tables["layer_weights"] = wandb.Table(
+                columns=["layer", "alpha"],
+                data=[[i, float(a)] for i, a in enumerate(record["layer_weights"])])
+        if record.get("dirichlet_energy"):
+            tables["oversmoothing"] = wandb.Table(
+                columns=["layer", "dirichlet_energy", "mad"],
+                data=[[i, float(e), None if record.get("mad") is None else float(m)]
+                      for i, (e, m) in enumerate(zip(record["dirichlet_energy"],
+                                                     record.get("mad") or record[
+                                                         "dirichlet_energy"]))])
+        if tables:
+            run.log(tables)
 
 
 def finish_wandb(loggers: list[Logger], failed: bool) -> None:
