@@ -53,7 +53,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Console-script entry point (``histograph-train``)."""
-    _hydra_main()
+    try:
+        _hydra_main()
+    except KeyboardInterrupt:  # Ctrl+C while Hydra composes or saves the config
+        say("interrupted: Ctrl+C before training started; nothing was trained.")
+        raise SystemExit(EXIT_CTRL_C) from None
 
 
 if __name__ == "__main__":

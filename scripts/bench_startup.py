@@ -22,6 +22,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 import time
 
 import _bench  # noqa: F401  (sets sys.path and the offline environment first)

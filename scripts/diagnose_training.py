@@ -2,7 +2,7 @@
 """Instrumented first epochs of a training run: why do lr-0.01 runs collapse to one class?
 
 Builds the real model from the Hydra configs (``configs/train.yaml``) the way
-``histograph.nn.model.build_model`` does, loads one fold with the project's
+``histograph.tasks.graph.build_graph_model`` does, loads one fold with the project's
 ``GraphDataModule`` and trains it with a plain PyTorch loop (Adam from ``cfg.optimizer``,
 cross-entropy, the datamodule's train loader), recording **per training step**:
 
@@ -158,7 +158,8 @@ def compose_cfg(overrides: list[str], data_dir: str):
 
 
 def build_datamodule(cfg):
-    """The arguments of ``histograph.train.build_datamodule`` (graph task)."""
+    """The graph task's DataModule, built with explicit arguments (``configs/data/graph.yaml``
+    wires the same ones)."""
     from hydra.utils import instantiate
 
     from histograph.data.datamodule import GraphDataModule
@@ -221,13 +222,15 @@ def qknorm_class():
             else:
                 alpha = torch.softmax(c, -1)
             h = (alpha[batch].t().unsqueeze(-1) * xt).sum(0)
-            return self._node_attention(h, batch, num_graphs) if self.node_stage else h
+            z = self._node_attention(h, batch, num_graphs) if self.node_stage else h
+            return z, alpha.detach().expand(num_graphs, L)  # the readout contract's pair
 
     return QKNormHistograph
 
 
 def build_net(cfg, dm, qknorm: bool = False, gbn: bool = False) -> Net:
-    """As ``histograph.nn.model.build_model``: instantiate the partials, finish with data sizes."""
+    """As ``histograph.tasks.graph.build_graph_model``: instantiate the partials, finish with the
+    data's sizes."""
     from hydra.utils import instantiate
 
     d = dm.data

@@ -24,15 +24,16 @@ NON_RESULT_EXAMPLES = {
     "data.device_resident": "data.device_resident=false",
     "trainer.accelerator": "trainer.accelerator=cpu", "trainer.devices": "trainer.devices=2",
     "trainer.num_nodes": "+trainer.num_nodes=2", "trainer.strategy": "+trainer.strategy=ddp",
-    "trainer.matmul_precision": "+trainer.matmul_precision=high",
+    "trainer.matmul_precision": "trainer.matmul_precision=highest",
     "trainer.enable_progress_bar": "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary": "trainer.enable_model_summary=true",
     "trainer.log_every_n_steps": "trainer.log_every_n_steps=1", "resume": "resume=false",
-    "protocol.grid": "+protocol.grid=['model.hidden=8']", "protocol.retrain": "+protocol.retrain=5",
+    "protocol.grid": "+protocol.grid=['model.hidden=8']",
+    "protocol.retrain": "+protocol.retrain=5",
     "protocol.outer_folds": "+protocol.outer_folds=[0]",
     "protocol.exit_zero": "+protocol.exit_zero=true",
 }
-RESULT_EXAMPLES = ["model.layers=3", "readout=mean", "optimizer.lr=0.001", "seed=3",
+RESULT_EXAMPLES = ["model.layers=3", "readout=mean", "optimizer.lr=0.005", "seed=3",
                    "data.batch_size=16", "data.eval_batch_size=64", "trainer.max_epochs=7",
                    "trainer.gradient_clip_val=1.0", "task.param_budget=20000"]
 BASE = ["experiment=depth_sweep_smoke", "model.layers=2"]
