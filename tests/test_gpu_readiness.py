@@ -206,3 +206,50 @@ def test_budget_widths_prefer_head_sizes_of_eight(cfg_factory):
         widths[budget] = net.record["hidden"]
         assert abs(count_parameters(net.model) - budget) <= 0.1 * budget
     assert widths[125_000] % 32 == 0 and widths[100_000] % 4 == 0, widths
+
+
+# ---------------------------------------------------------------------- 9, 11, 12. ranks, TF32
+def test_the_frozen_cache_is_built_on_this_ranks_gpu(monkeypatch):
+    """Under DDP each rank computes its history cache on cuda:<LOCAL_RANK>, not all on cuda:0."""
+    from histograph.training.frozen import cache_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert cache_device("gpu") == "cuda:1" and cache_device("auto") == "cuda:1"
+    assert cache_device("cpu") == "cpu"
+
+
+def test_each_process_probes_the_output_folder_with_its_own_file(tmp_path, monkeypatch):
+    """Two ranks (or runs) probing one folder never remove each other's probe file."""
+    import os
+
+    from histograph import utils
+
+    seen = []
+    real_write = type(tmp_path).write_text
+
+    def record(self, *args, **kwargs):
+        seen.append(self.name)
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(tmp_path), "write_text", record)
+    utils.prepare_output_dir(tmp_path)
+    assert seen == [f".write_test.{os.getpid()}"]
+
+
+def test_matmul_precision_is_set_on_gpu_runs_only(cfg_factory, tmp_path, monkeypatch):
+    """trainer.matmul_precision reaches torch on a CUDA run (TF32 with `high`) and is left alone
+    on the CPU."""
+    from histograph.train import build_trainer
+
+    calls = []
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", calls.append)
+    cfg = cfg_factory(["trainer.accelerator=cpu"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    build_trainer(cfg, [], [], tmp_path)
+    assert calls == []
+    cfg = cfg_factory(["trainer.accelerator=gpu"])
+    monkeypatch.setattr("histograph.train.instantiate", lambda *a, **k: None)
+    build_trainer(cfg, [], [], tmp_path)
+    assert calls == ["high"]
