@@ -102,6 +102,11 @@ class HistoryGNN(torch.nn.Module):
         if conv == "gine":
             return GINEConv(MLP([h, h, h], act=self.act_name, norm=None), train_eps=True,
                             edge_dim=h)
+        # Known CUDA cost left as is (only a GPU shows it): GCNConv's and GATConv's self-loop
+        # handling (PyG's add_remaining_self_loops / remove_self_loops) indexes with boolean
+        # masks, one host sync per layer per step and a torch.compile graph break per layer.
+        # Pre-adding self-loops in the dataset would avoid it but changes GAT's and GCN's
+        # normalisation for graphs that already carry self-loops, hence not done silently.
         if conv == "gcn":
             return GCNConv(h, h)
         if conv == "gat":
