@@ -37,6 +37,9 @@ class _DropHints(logging.Filter):
         return not _HINT_LINES.match(record.getMessage())
 
 
+_DROP_HINTS = _DropHints()  # one instance: addFilter ignores a second call, so this is idempotent
+
+
 def quiet_libraries() -> None:
     """Drop the known hints; Lightning logs through Hydra's handlers only (one log format and
     ``<run dir>/<job>.log``), not through its own stderr handlers as well."""
@@ -50,7 +53,7 @@ def quiet_libraries() -> None:
         logger.handlers.clear()
         logger.propagate = True
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_DropHints())
+        logging.getLogger(name).addFilter(_DROP_HINTS)
 
 
 def say(line: str) -> None:

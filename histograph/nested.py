@@ -45,6 +45,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from histograph.analysis.aggregate import markdown_table
+from histograph.console import quiet_libraries, say
 from histograph.errors import EXIT_INTERRUPTED, UserError
 from histograph.resolvers import config_dir
 from histograph.sweeps import jobs
@@ -278,6 +279,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="nested")
 def _hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
+    quiet_libraries()  # the same quiet, one-format output as train.py (histograph.console)
     try:
         if cfg.protocol.name != "nested":
             raise UserError(f"python -m histograph.nested needs protocol=nested, got "
@@ -287,7 +289,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
                             outer_folds=cfg.protocol.get("outer_folds"),
                             retrain=int(cfg.protocol.get("retrain", 3)), seed=int(cfg.seed))
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        say(f"error: {exc}")
         raise SystemExit(2) from None
     finally:
         HydraConfig.instance().set_config(OmegaConf.create({"hydra": hydra_cfg}))

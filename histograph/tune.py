@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -33,6 +32,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from histograph.analysis.aggregate import markdown_table
+from histograph.console import quiet_libraries, say
 from histograph.errors import EXIT_INTERRUPTED, UserError
 from histograph.nested import ComposeFn, compose_job, grid_points, nested_cv
 from histograph.resolvers import config_dir
@@ -109,6 +109,7 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="tune")
 def _hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
+    quiet_libraries()  # the same quiet, one-format output as train.py (histograph.console)
     try:
         comparison = tune_readouts(
             list(hydra_cfg.overrides.task), list(cfg.tune.readouts),
@@ -116,7 +117,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             folds=int(cfg.protocol.folds), outer_folds=cfg.protocol.get("outer_folds"),
             retrain=int(cfg.protocol.get("retrain", 3)), seed=int(cfg.seed))
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        say(f"error: {exc}")
         raise SystemExit(2) from None
     finally:
         HydraConfig.instance().set_config(OmegaConf.create({"hydra": hydra_cfg}))

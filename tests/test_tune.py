@@ -53,4 +53,6 @@ def test_the_command_runs(tmp_path, data_dir):
         timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "readout comparison ->" in proc.stdout
+    for hint in ("srun", "litlogger", "TPU available", "Restoring states"):  # as quiet as train.py
+        assert hint not in proc.stdout + proc.stderr, hint
     assert json.loads((tmp_path / "run" / "comparison.json").read_text())["complete"]
