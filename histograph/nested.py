@@ -32,8 +32,9 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import hydra
 import numpy as np
@@ -276,23 +277,36 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------- command line
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="nested")
-def _hydra_main(cfg: DictConfig) -> float | None:
-    hydra_cfg = HydraConfig.get()
-    quiet_libraries()  # the same quiet, one-format output as train.py (histograph.console)
+def protocol_args(cfg: DictConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`nested_cv` (and ``tune_readouts``) from ``cfg``."""
+    return {"folds": int(cfg.protocol.folds), "outer_folds": cfg.protocol.get("outer_folds"),
+            "retrain": int(cfg.protocol.get("retrain", 3)), "seed": int(cfg.seed)}
+
+
+@contextmanager
+def command_line(hydra_cfg: DictConfig) -> Iterator[None]:
+    """The commands' frame: train.py's quiet one-format output; a :class:`UserError` is one
+    ``error:`` line and exit status 2; Hydra's own config is restored afterwards (every job
+    composes and installs its own)."""
+    quiet_libraries()
     try:
-        if cfg.protocol.name != "nested":
-            raise UserError(f"python -m histograph.nested needs protocol=nested, got "
-                            f"protocol={cfg.protocol.name}; drop the protocol override.")
-        summary = nested_cv(list(hydra_cfg.overrides.task), list(cfg.protocol.grid or []),
-                            hydra_cfg.runtime.output_dir, folds=int(cfg.protocol.folds),
-                            outer_folds=cfg.protocol.get("outer_folds"),
-                            retrain=int(cfg.protocol.get("retrain", 3)), seed=int(cfg.seed))
+        yield
     except UserError as exc:
         say(f"error: {exc}")
         raise SystemExit(2) from None
     finally:
         HydraConfig.instance().set_config(OmegaConf.create({"hydra": hydra_cfg}))
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="nested")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    with command_line(hydra_cfg):
+        if cfg.protocol.name != "nested":
+            raise UserError(f"python -m histograph.nested needs protocol=nested, got "
+                            f"protocol={cfg.protocol.name}; drop the protocol override.")
+        summary = nested_cv(list(hydra_cfg.overrides.task), list(cfg.protocol.grid or []),
+                            hydra_cfg.runtime.output_dir, **protocol_args(cfg))
     print(summary_markdown(summary), flush=True)
     print(f"[histograph] nested CV -> {Path(hydra_cfg.runtime.output_dir) / 'summary.md'}",
           flush=True)

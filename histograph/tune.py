@@ -29,12 +29,12 @@ from typing import Any, Callable, Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from histograph.analysis.aggregate import markdown_table
-from histograph.console import quiet_libraries, say
 from histograph.errors import EXIT_INTERRUPTED, UserError
-from histograph.nested import ComposeFn, compose_job, grid_points, nested_cv
+from histograph.nested import (ComposeFn, command_line, compose_job, grid_points, nested_cv,
+                               protocol_args)
 from histograph.resolvers import config_dir
 from histograph.sweeps import jobs
 from histograph.utils import atomic_write_json, atomic_write_text
@@ -109,18 +109,10 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="tune")
 def _hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
-    quiet_libraries()  # the same quiet, one-format output as train.py (histograph.console)
-    try:
+    with command_line(hydra_cfg):
         comparison = tune_readouts(
             list(hydra_cfg.overrides.task), list(cfg.tune.readouts),
-            list(cfg.protocol.grid or []), hydra_cfg.runtime.output_dir,
-            folds=int(cfg.protocol.folds), outer_folds=cfg.protocol.get("outer_folds"),
-            retrain=int(cfg.protocol.get("retrain", 3)), seed=int(cfg.seed))
-    except UserError as exc:
-        say(f"error: {exc}")
-        raise SystemExit(2) from None
-    finally:
-        HydraConfig.instance().set_config(OmegaConf.create({"hydra": hydra_cfg}))
+            list(cfg.protocol.grid or []), hydra_cfg.runtime.output_dir, **protocol_args(cfg))
     print(comparison_markdown(comparison), flush=True)
     print(f"[histograph] readout comparison -> "
           f"{Path(hydra_cfg.runtime.output_dir) / 'comparison.md'}", flush=True)
