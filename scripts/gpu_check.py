@@ -42,14 +42,11 @@ os.environ.setdefault("OUTDATED_IGNORE", "1")
 
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import open_dict  # noqa: E402
 from torch.overrides import TorchFunctionMode  # noqa: E402
 
 import histograph.train as train_mod  # noqa: E402
-from histograph.resolvers import config_dir  # noqa: E402
+from histograph.nested import compose_job  # noqa: E402
 from histograph.tasks import build_task  # noqa: E402
 
 #: fp32 vs bf16 evaluation of the same weights: test metric (absolute) and layer weights.
@@ -114,16 +111,8 @@ class Measure(pl.Callback):
 
 
 def make_cfg(overrides: list[str], out: Path, data_dir: Path):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        cfg.paths.data_dir = str(data_dir)
-        cfg.hydra.runtime.output_dir = str(out)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+    GlobalHydra.instance().clear()  # a fresh compose per check (nested.compose_job reuses one)
+    return compose_job([*overrides, f"paths.data_dir={data_dir}"], out)
 
 
 def train(overrides: list[str], out: Path, data_dir: Path) -> tuple[dict, Measure]:
