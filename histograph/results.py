@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from histograph.config import choice
-from histograph.training.collapse import collapse_verdict
+from histograph.training.collapse import collapse_advice, collapse_verdict
 from histograph.utils import atomic_write_json, versions
 
 log = logging.getLogger("histograph")
@@ -85,10 +85,11 @@ def results_record(cfg: DictConfig, *, dm: Any, network: Any, lit: Any, trainer:
     record.update(network.record)
     record.update(diagnostics)
     if record["collapsed"]:
+        advice = collapse_advice(cfg.optimizer.get("lr"), record["readout"], record["layers"])
         log.warning("%s collapsed: from epoch %d its predictions are (nearly) all one class or "
                     "its training loss stays at the class prior's entropy; the reported test "
-                    "figure is a constant predictor's. Lower optimizer.lr (docs/training.md).",
-                    record["run_name"], record["collapsed_from"])
+                    "figure is a constant predictor's. %s (docs/training.md)",
+                    record["run_name"], record["collapsed_from"], advice)
     return record
 
 

@@ -11,7 +11,7 @@ import yaml
 from histograph.analysis.aggregate import aggregate
 from histograph.analysis.plot import depth_markdown, depth_table
 from histograph.train import run
-from histograph.training.collapse import collapse_verdict, collapsed_round
+from histograph.training.collapse import collapse_advice, collapse_verdict, collapsed_round
 
 SMALL = ["model.layers=2", "model.hidden=16", "trainer.max_epochs=6"]
 
@@ -39,6 +39,13 @@ def test_verdict_flags_the_final_collapsed_stretch_only():
     assert not collapsed_round(1.0, 0.97, 0.5)
     assert not collapsed_round(math.nan, 0.6, math.nan)  # rounds before detection existed
     assert collapse_verdict({"epoch": [0]}, 0)["collapsed"] is None  # multi-label: not judged
+
+
+def test_the_advice_names_the_likely_fix():
+    assert "Lower optimizer.lr" in collapse_advice(0.01, "histograph", 4)  # docs/training.md
+    assert "readout.pool=mean" in collapse_advice(1e-3, "jk_cat", 64)  # deep sum-pooled JK
+    assert "more epochs" in collapse_advice(1e-3, "histograph_stage1", 64)
+    assert "readout.pool" not in collapse_advice(1e-3, "jk_cat", 2)
 
 
 def test_a_run_built_to_collapse_is_flagged(cfg_factory, capsys, caplog):
