@@ -106,11 +106,17 @@ def collapse_verdict(history: dict[str, list[float]], selected: int) -> dict[str
 def collapse_advice(lr: float | None, readout: str, layers: int) -> str:
     """The likely fix for a collapsed run, from docs/training.md's measurements: above the
     default learning rate, the rate; at it, a sum-pooled JK readout over a deep stack (whose
-    head input grows with depth and graph size) or a deep stack that leaves the prior late."""
+    head input grows with depth and graph size), a deep stack whose last layer is over-smoothed
+    (IMDB-BINARY, plain GCN-64: only the readouts over the whole history trained), or a stack
+    that leaves the prior late."""
     if lr is None or lr > 1e-3:
         return "Lower optimizer.lr (the default 0.001 trained every screened setting)."
     if readout.startswith("jk") and layers >= 32:
         return ("At this learning rate a sum-pooled JK readout over a deep stack is the likely "
                 "cause: try readout.pool=mean.")
-    return (f"At this learning rate a {layers}-layer stack may only leave the prior late: "
-            f"try more epochs, then a lower optimizer.lr.")
+    if layers >= 32:
+        return (f"At this learning rate a {layers}-layer stack may be over-smoothed (`mad` of "
+                f"its last layer near 0 in results.json) or leave the prior late: try more "
+                f"epochs, model.residual=true, or a readout over the whole history "
+                f"(readout=histograph).")
+    return "At this learning rate: try more epochs, then a lower optimizer.lr."
