@@ -69,12 +69,16 @@ def _json_default(obj: Any) -> Any:
 def quietly(build: Callable[[], Any]) -> Any:
     """``build()`` with what it prints (PyG's and OGB's ``Processing...``, tqdm bars, ``Done!``)
     kept out of the console: it goes to the debug log instead."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        result = build()
-    if out.getvalue().strip():
-        logging.getLogger("histograph").debug("%s", out.getvalue().strip())
-    return result
+    out, failed = io.StringIO(), True
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            result = build()
+        failed = False
+        return result
+    finally:  # on a failure what it printed may explain it: a warning, not hidden in the debug log
+        if out.getvalue().strip():
+            logging.getLogger("histograph").log(logging.WARNING if failed else logging.DEBUG,
+                                                "%s", out.getvalue().strip())
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:

@@ -106,13 +106,13 @@ def publish_summary(loggers: list[Logger], record: dict[str, Any]) -> None:
             tables["layer_weights"] = wandb.Table(
                 columns=["layer", "alpha"],
                 data=[[i, float(a)] for i, a in enumerate(record["layer_weights"])])
-        if record.get("dirichlet_energy"):
+        energy = record.get("dirichlet_energy")
+        if energy:
+            mad = record.get("mad") or [None] * len(energy)
             tables["oversmoothing"] = wandb.Table(
                 columns=["layer", "dirichlet_energy", "mad"],
-                data=[[i, float(e), None if record.get("mad") is None else float(m)]
-                      for i, (e, m) in enumerate(zip(record["dirichlet_energy"],
-                                                     record.get("mad") or record[
-                                                         "dirichlet_energy"]))])
+                data=[[i, float(e), None if m is None else float(m)]
+                      for i, (e, m) in enumerate(zip(energy, mad))])
         if tables:
             run.log(tables)
 
