@@ -13,7 +13,8 @@ figure estimates the risk of the whole procedure (hyper-parameter search include
 with :math:`\\Theta` the grid (``protocol.grid``, Hydra sweep syntax), :math:`\\mathrm{val}_f`
 the metric on fold :math:`f`'s inner holdout (10% of its training folds, also used to select the
 epoch), and :math:`R` = ``protocol.retrain`` runs of the winner with model seeds
-``seed .. seed+R-1``. The outer test fold is never used to choose anything (the training module
+``seed .. seed+R-1``. The first of them is the winner's selection run itself (same config, same
+seed: training it again would repeat it step for step on CPU), so the R runs cost R-1 new jobs. The outer test fold is never used to choose anything (the training module
 evaluates it every epoch for the learning curve; the orchestrator ignores those values until the
 winner's final runs).
 
@@ -21,7 +22,7 @@ Layout of the output dir (every job dir is a normal run dir, reproducible with `
 ``.hydra/overrides.yaml``; a finished job is reused, so an interrupted nested CV resumes)::
 
     fold_<f>/select/config_<i>/   one run per grid point
-    fold_<f>/final/seed_<s>/      the winner's retrains
+    fold_<f>/final/seed_<s>/      the winner's retrains (seeds after the first)
     nested.json, summary.md       per-fold choices and the final figure
 
 One command: ``python -m histograph.nested dataset=mutag 'protocol.grid=["model.hidden=32,64"]'``.
@@ -160,11 +161,12 @@ def nested_cv(base_overrides: Sequence[str], grid: Sequence[str], output_dir: st
     out = Path(output_dir)
     fold_rows = []
     for fold in outer:
-        selection = []
+        selection, selection_results = [], []
         for i, point in enumerate(points):
             res, error = _attempt([*base, "protocol=nested", *point, f"fold={fold}",
                                    f"seed={seed}", "+nested_stage=select"],
                                   out / f"fold_{fold}" / "select" / f"config_{i}", compose)
+            selection_results.append(res)
             if res is not None and res.get("val") is None:
                 raise UserError("The selection runs report no validation metric; nested CV "
                                 "needs protocol.val_fraction > 0.")
@@ -179,11 +181,15 @@ def nested_cv(base_overrides: Sequence[str], grid: Sequence[str], output_dir: st
             best = max(ok, key=lambda s: (s["val"], -s["config"]))["config"]
             row.update(winner=best, winner_overrides=points[best])
             for r in range(retrain):
-                res, error = _attempt([*base, "protocol=nested", *points[best], f"fold={fold}",
-                                       f"seed={seed + r}", "+nested_stage=final"],
-                                      out / f"fold_{fold}" / "final" / f"seed_{seed + r}",
-                                      compose)
-                row["final"].append({"seed": seed + r, "error": error,
+                if r == 0:  # the winner's selection run is its retrain with seed `seed`
+                    job = Path(f"fold_{fold}") / "select" / f"config_{best}"
+                    res, error = selection_results[best], None
+                else:
+                    job = Path(f"fold_{fold}") / "final" / f"seed_{seed + r}"
+                    res, error = _attempt([*base, "protocol=nested", *points[best],
+                                           f"fold={fold}", f"seed={seed + r}",
+                                           "+nested_stage=final"], out / job, compose)
+                row["final"].append({"seed": seed + r, "error": error, "job": job.as_posix(),
                                      "val": None if res is None else res["val"],
                                      "test": None if res is None else float(res["test"]),
                                      "selected_epoch": None if res is None
@@ -203,7 +209,8 @@ def nested_cv(base_overrides: Sequence[str], grid: Sequence[str], output_dir: st
     summary: dict[str, Any] = {
         "protocol": "nested",
         "selection": (f"per outer fold: grid point with the best inner-validation metric; "
-                      f"winner retrained {retrain}x (seeds {seed}..{seed + retrain - 1}), epoch "
+                      f"winner retrained {retrain}x (seeds {seed}..{seed + retrain - 1}; seed {seed} "
+                      f"is its selection run), epoch "
                       f"selected on validation, test averaged over the retrains; mean ± "
                       f"population std over outer folds"),
         "metric": next((row["metric"] for row in fold_rows if "metric" in row), None),

@@ -26,9 +26,9 @@ def test_each_readout_gets_the_same_grid_and_is_tested_at_its_own_winner(cfg_fac
                                ["optimizer.lr=0.01,0.001"], out, folds=2, outer_folds=None,
                                retrain=1, seed=0, compose=compose)
     assert comparison["configs_per_readout"] == 2 and comparison["complete"]
-    # per readout: 2 outer folds x (2 grid points + 1 retrain); the user's readout=sum and the
-    # command's own keys are not passed to the jobs
-    assert len(composed) == 2 * 2 * 3
+    # per readout: 2 outer folds x 2 grid points (the one retrain is the winner's selection run);
+    # the user's readout=sum and the command's own keys are not passed to the jobs
+    assert len(composed) == 2 * 2 * 2
     assert all(sum(o.startswith("readout=") for o in c) == 1 for c in composed)
     assert not any(o.startswith("tune.") for c in composed for o in c)
     rows = {r["readout"]: r for r in comparison["readouts"]}
