@@ -14,7 +14,8 @@ with :math:`\\Theta` the grid (``protocol.grid``, Hydra sweep syntax), :math:`\\
 the metric on fold :math:`f`'s inner holdout (10% of its training folds, also used to select the
 epoch), and :math:`R` = ``protocol.retrain`` runs of the winner with model seeds
 ``seed .. seed+R-1``. The first of them is the winner's selection run itself (same config, same
-seed: training it again would repeat it step for step on CPU), so the R runs cost R-1 new jobs. The outer test fold is never used to choose anything (the training module
+seed: training it again would repeat it step for step on CPU), so the R runs cost R-1 new jobs.
+The outer test fold is never used to choose anything (the training module
 evaluates it every epoch for the learning curve; the orchestrator ignores those values until the
 winner's final runs).
 
@@ -209,8 +210,8 @@ def nested_cv(base_overrides: Sequence[str], grid: Sequence[str], output_dir: st
     summary: dict[str, Any] = {
         "protocol": "nested",
         "selection": (f"per outer fold: grid point with the best inner-validation metric; "
-                      f"winner retrained {retrain}x (seeds {seed}..{seed + retrain - 1}; seed {seed} "
-                      f"is its selection run), epoch "
+                      f"winner retrained {retrain}x (seeds {seed}..{seed + retrain - 1}; "
+                      f"seed {seed} is its selection run), epoch "
                       f"selected on validation, test averaged over the retrains; mean ± "
                       f"population std over outer folds"),
         "metric": next((row["metric"] for row in fold_rows if "metric" in row), None),

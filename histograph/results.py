@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from histograph.config import choice
-from histograph.training.collapse import collapse_advice, collapse_verdict
+from histograph.training.collapse import collapse_advice, collapse_cause, collapse_verdict
 from histograph.utils import atomic_write_json, versions
 
 log = logging.getLogger("histograph")
@@ -84,8 +84,12 @@ def results_record(cfg: DictConfig, *, dm: Any, network: Any, lit: Any, trainer:
     }
     record.update(network.record)
     record.update(diagnostics)
+    mad = record.get("mad")
+    record["collapse_cause"] = collapse_cause(
+        record["collapsed"], mad, getattr(getattr(model, "readout", None), "reads_history", True))
     if record["collapsed"]:
-        advice = collapse_advice(cfg.optimizer.get("lr"), record["readout"], record["layers"])
+        advice = collapse_advice(cfg.optimizer.get("lr"), record["readout"], record["layers"],
+                                 record["collapse_cause"], mad[-1] if mad else None)
         log.warning("%s collapsed: from epoch %d its predictions are (nearly) all one class or "
                     "its training loss stays at the class prior's entropy; the reported test "
                     "figure is a constant predictor's. %s (docs/training.md)",

@@ -11,7 +11,8 @@ import yaml
 from histograph.analysis.aggregate import aggregate
 from histograph.analysis.plot import depth_markdown, depth_table
 from histograph.train import run
-from histograph.training.collapse import collapse_advice, collapse_verdict, collapsed_round
+from histograph.training.collapse import (OVERSMOOTHED_MAD, collapse_advice, collapse_cause,
+                                          collapse_verdict, collapsed_round)
 
 SMALL = ["model.layers=2", "model.hidden=16", "trainer.max_epochs=6"]
 
@@ -47,11 +48,41 @@ def test_the_advice_names_the_likely_fix():
     assert "model.residual=true" in collapse_advice(1e-3, "mean", 64)  # over-smoothed stack
     assert "more epochs" in collapse_advice(1e-3, "histograph_stage1", 4)
     assert "readout.pool" not in collapse_advice(1e-3, "jk_cat", 2)
+    over = collapse_advice(1e-3, "mean", 64, "over_smoothing", 0.015)
+    assert "MAD 0.015" in over and "model.residual=true" in over and "histograph" in over
+
+
+def test_the_cause_separates_an_over_smoothed_last_layer_from_optimisation():
+    flat, spread = [0.3, 0.1, OVERSMOOTHED_MAD / 3], [0.3, 0.2, 0.2]
+    assert collapse_cause(False, flat, reads_history=False) is None
+    assert collapse_cause(None, flat, reads_history=False) is None  # multi-label: not judged
+    assert collapse_cause(True, flat, reads_history=False) == "over_smoothing"
+    # a readout that sees the earlier layers is not excused by a flat last layer
+    assert collapse_cause(True, flat, reads_history=True) == "optimisation"
+    assert collapse_cause(True, spread, reads_history=False) == "optimisation"
+    assert collapse_cause(True, None, reads_history=False) == "optimisation"  # not measured
+
+
+def test_every_graph_readout_says_whether_it_reads_the_history(cfg_factory):
+    from pathlib import Path
+
+    from hydra.utils import instantiate
+
+    from histograph.resolvers import config_dir
+
+    last_only = {"mean", "sum", "max", "attention", "set2set", "gmt", "last"}
+    names = sorted(p.stem for p in (Path(config_dir()) / "readout").glob("*.yaml"))
+    assert last_only < set(names)
+    for name in names:
+        readout = instantiate(cfg_factory([f"readout={name}"]).readout)(in_channels=8,
+                                                                         history_len=4)
+        assert readout.reads_history is (name not in last_only), name
 
 
 def test_a_run_built_to_collapse_is_flagged(cfg_factory, capsys, caplog):
     res = run(cfg_factory([*SMALL, "optimizer.lr=5.0"]))  # a huge step on a tiny set
     assert res["collapsed"] is True and res["collapsed_from"] is not None
+    assert res["collapse_cause"] in ("optimisation", "over_smoothing")
     h = res["history"]  # diverged: one class, or a training loss no better than the prior's
     assert h["pred_majority"][-1] >= 0.95 or h["loss_vs_prior"][-1] >= 0.99
     assert "COLLAPSED from epoch" in capsys.readouterr().out
@@ -61,6 +92,7 @@ def test_a_run_built_to_collapse_is_flagged(cfg_factory, capsys, caplog):
 def test_a_healthy_run_is_not_flagged(cfg_factory):
     res = run(cfg_factory(["trainer.max_epochs=10"]))  # the default GIN-5 + HISTOGRAPH
     assert res["collapsed"] is False and res["collapsed_from"] is None
+    assert res["collapse_cause"] is None
     assert len(res["history"]["pred_majority"]) == 10
 
 
@@ -85,6 +117,19 @@ def test_tables_and_depth_plots_count_collapsed_runs(tmp_path):
     table = depth_table(out["jobs"])
     assert table["collapsed"].tolist() == [2]
     assert "(3, 2 collapsed)" in depth_markdown(table)
+
+    # one more collapsed run whose last layer was over-smoothed: counted apart, still collapsed
+    _job(root, "readout=mean,fold=3", ["readout=mean", "fold=3"],
+         {"dataset": "MUTAG", "model": "gin", "readout": "mean", "layers": 4, "fold": 3,
+          "protocol": "holdout", "metric": "acc", "val": 0.5, "test": 0.5, "selected_epoch": 1,
+          "epochs": 3, "collapsed": True, "collapse_cause": "over_smoothing",
+          "mad": [0.3, 0.01], "history": {"test": [0.5, 0.5, 0.5]}})
+    out = aggregate(root)
+    assert out["summary"]["n_collapsed"].tolist() == [3]
+    assert out["summary"]["n_over_smoothed"].tolist() == [1]
+    assert "| 3/4 (1 over-smoothed) |" in out["markdown"]
+    assert out["jobs"].set_index("fold")["mad_last"].to_dict()[3] == 0.01
+    assert "(4, 3 collapsed: 1 over-smoothed)" in depth_markdown(depth_table(out["jobs"]))
 
 
 def test_last_is_mean_for_graph_classification():

@@ -56,8 +56,10 @@ log = logging.getLogger("histograph")
 #: ``results.json`` scalars copied into ``jobs.csv``.
 RESULT_SCALARS = ("dataset", "model", "readout", "layers", "hidden", "seed", "fold", "protocol",
                   "metric", "selected_epoch", "epochs", "val", "test", "collapsed",
-                  "collapsed_from", "collapsed_at_selected", "num_params", "wall_time_s", "mode",
-                  "selection")
+                  "collapsed_from", "collapsed_at_selected", "collapse_cause", "num_params",
+                  "wall_time_s", "mode", "selection")
+#: Columns ``jobs.csv`` derives from ``results.json`` (not settings).
+DERIVED_COLUMNS = ("mad_last",)
 #: Override keys that are repetitions of one setting, not axes of the comparison.
 REPLICATE_KEYS = ("seed", "fold")
 #: Result keys that are per-job inputs rather than settings (a frozen run's source checkpoint
@@ -305,6 +307,8 @@ def collect_jobs(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str], dict[s
                     record[name] = value
             else:
                 record[name] = value
+        # the last history entry's MAD: near 0 when the stack is over-smoothed
+        record["mad_last"] = ((results.get("mad") or [None])[-1] if results else None)
         record["error"] = row["error"]
         records.append(record)
     columns = ["status", "job_dir", *keys]
@@ -368,6 +372,8 @@ def summarize(jobs: pd.DataFrame, keys: Sequence[str], results: dict[str, dict]
         # shown beside the mean they are part of
         row["n_collapsed"] = int(done["collapsed"].fillna(False).astype(bool).sum()) \
             if "collapsed" in done else 0
+        row["n_over_smoothed"] = int((done["collapse_cause"] == "over_smoothing").sum()) \
+            if "collapse_cause" in done else 0
         val = done["val"].dropna().astype(float).to_numpy()
         test = done["test"].dropna().astype(float).to_numpy()
         row.update(val_mean=float(val.mean()) if len(val) else math.nan, val_std=_std(val),
@@ -438,7 +444,8 @@ def summary_markdown(summary: pd.DataFrame, jobs: pd.DataFrame, keys: Sequence[s
     out += ["Metric in % (mean ± population std over the runs of each row; n = finished runs / "
             "expected runs). `gin` rows are OPTIMISTIC (epoch selected on the test folds). "
             "`collapsed`: finished runs that ended predicting (nearly) one class, included in "
-            "the mean (docs/training.md).", ""]
+            "the mean; `over-smoothed`: of those, runs whose readout sees only a last layer with "
+            "nearly parallel node states (docs/training.md).", ""]
     header = [*axes, "protocol", "metric", "n", "val", "test", "epoch", "collapsed", "complete",
               "test if selected on test"]
     rows = []
@@ -448,7 +455,9 @@ def summary_markdown(summary: pd.DataFrame, jobs: pd.DataFrame, keys: Sequence[s
         rows.append([*(r[a] for a in axes), label, r["metric"], f"{r['n']}/{r['n_expected']}",
                      _pct(r["val_mean"], r["val_std"]), _pct(r["test_mean"], r["test_std"]),
                      "" if pd.isna(r["selected_epoch"]) else f"{round(r['selected_epoch'], 1):g}",
-                     f"{r.get('n_collapsed', 0)}/{r['n']}",
+                     f"{r.get('n_collapsed', 0)}/{r['n']}"
+                     + (f" ({r['n_over_smoothed']} over-smoothed)"
+                        if r.get("n_over_smoothed") else ""),
                      "yes" if r["complete"] else
                      f"NO ({r['n_failed']} failed, {r['n_missing']} missing"
                      + (f", {r['n_interrupted']} interrupted)" if r.get("n_interrupted")

@@ -41,8 +41,8 @@ import yaml  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from histograph.analysis.aggregate import (RESULT_SCALARS, aggregate,  # noqa: E402
-                                           find_job_dirs, is_axis_key)
+from histograph.analysis.aggregate import (  # noqa: E402
+    DERIVED_COLUMNS, RESULT_SCALARS, aggregate, find_job_dirs, is_axis_key)
 from histograph.errors import UserError  # noqa: E402
 from histograph.utils import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -118,7 +118,8 @@ def _done(jobs: pd.DataFrame, metric_key: str) -> pd.DataFrame:
 
 def _other_axes(jobs: pd.DataFrame) -> list[str]:
     """Override columns of ``jobs.csv`` that are neither a plot axis nor a replicate."""
-    known = {"status", "job_dir", "error", "experiment", "model.layers", *RESULT_SCALARS}
+    known = {"status", "job_dir", "error", "experiment", "model.layers", *RESULT_SCALARS,
+             *DERIVED_COLUMNS}
     return [c for c in jobs.columns if c not in known and not c.endswith("_result")
             and is_axis_key(c)]
 
@@ -153,18 +154,23 @@ def depth_table(jobs: pd.DataFrame, metric_key: str = "test") -> pd.DataFrame:
     grouped = done.groupby(keys)[metric_key]
     collapsed = (done["collapsed"].fillna(False).astype(bool) if "collapsed" in done
                  else pd.Series(False, index=done.index))
+    over_smoothed = (done["collapse_cause"] == "over_smoothing" if "collapse_cause" in done
+                     else pd.Series(False, index=done.index))
+    by_cell = [done[k] for k in keys]
     table = pd.DataFrame({"mean": grouped.mean(),
                           "std": grouped.agg(lambda v: float(np.std(v.to_numpy()))),
                           "n": grouped.count(),
-                          "collapsed": collapsed.groupby([done[k] for k in keys]).sum()
+                          "collapsed": collapsed.groupby(by_cell).sum(),
+                          "over_smoothed": over_smoothed.groupby(by_cell).sum(),
                           }).reset_index()
-    table["collapsed"] = table["collapsed"].astype(int)
+    table[["collapsed", "over_smoothed"]] = table[["collapsed", "over_smoothed"]].astype(int)
     return table.sort_values(keys).reset_index(drop=True)
 
 
 def depth_markdown(table: pd.DataFrame, metric_key: str = "test") -> str:
     """The depth table as markdown: a block per dataset x model, a row per readout, a column per
-    depth, cells ``mean ± std (n)`` in percent, ``, k collapsed`` when runs collapsed."""
+    depth, cells ``mean ± std (n)`` in percent, ``, k collapsed`` when runs collapsed (``, k
+    collapsed: j over-smoothed`` when j of them had an over-smoothed last layer)."""
     lines: list[str] = []
     for (dataset, model), part in table.groupby(["dataset", "model"], sort=True):
         depths = sorted(int(d) for d in part["layers"].unique())
@@ -173,7 +179,9 @@ def depth_markdown(table: pd.DataFrame, metric_key: str = "test") -> str:
                   "| --- |" + " ---: |" * len(depths)]
         for readout, rows in part.groupby("readout", sort=True):
             cells = {int(r.layers): f"{100 * r.mean:.1f} ± {100 * r.std:.1f} ({int(r.n)}"
-                     + (f", {int(r.collapsed)} collapsed)" if getattr(r, "collapsed", 0) else ")")
+                     + (f", {int(r.collapsed)} collapsed" if getattr(r, "collapsed", 0) else "")
+                     + (f": {int(r.over_smoothed)} over-smoothed"
+                        if getattr(r, "over_smoothed", 0) else "") + ")"
                      for r in rows.itertuples()}
             lines.append(f"| {readout} | " + " | ".join(cells.get(d, "—") for d in depths)
                          + " |")

@@ -20,6 +20,14 @@ them when it has fewer): ``collapsed``, ``collapsed_from`` (the trainer epoch th
 stretch starts at) and whether the selected round itself is collapsed (``collapsed_at_selected``).
 Multi-label tasks (OGB) are not judged (``None``).
 
+A collapsed run also gets a ``collapse_cause`` (:func:`collapse_cause`): ``"over_smoothing"``
+when its readout sees only the last layer and that layer's node states are nearly parallel (MAD
+below :data:`OVERSMOOTHED_MAD` on the evaluation graphs, :mod:`histograph.diagnostics`): such a
+run learnt nothing because its input carries nothing a last-layer readout can use, and no
+optimiser setting is expected to fix that (docs/training.md: plain GCN-64 on IMDB-BINARY). Any
+other collapsed run is ``"optimisation"``. Both stay ``collapsed``: the label names the fix, it
+does not excuse the run.
+
 The thresholds are docs/training.md's, read off 92 diagnosis runs: collapsed runs sit at
 loss / H = 0.997-1.004 in each of their last 3 epochs, every other run at <= 0.967; runs caught
 only by the majority test have >= 0.977 of their predictions in one class, while the highest
@@ -43,6 +51,11 @@ MAJORITY = 0.95
 LOSS_RATIO = 0.99
 #: A run is collapsed when its last this many rounds are.
 ROUNDS = 3
+#: A collapsed last-layer readout whose last history entry has a MAD below this is over-smoothed.
+#: docs/training.md ("Over-smoothed or collapsed?"): the last layers of plain GCN-32/64 on
+#: IMDB-BINARY, where last-layer readouts learnt nothing, sit at 0.015-0.043; the other stacks of
+#: the recipe check mostly at 0.09-0.55.
+OVERSMOOTHED_MAD = 0.05
 #: The history keys this module adds (one value per validation round).
 KEYS = ("pred_majority", "label_majority", "loss_vs_prior")
 
@@ -103,14 +116,32 @@ def collapse_verdict(history: dict[str, list[float]], selected: int) -> dict[str
             "collapsed_at_selected": flags[selected]}
 
 
-def collapse_advice(lr: float | None, readout: str, layers: int) -> str:
+def collapse_cause(collapsed: bool | None, mad: list[float] | None,
+                   reads_history: bool) -> str | None:
+    """``"over_smoothing"``, ``"optimisation"`` or ``None`` (not collapsed; see the module
+    docstring). ``mad`` is the run's per-history-entry MAD (``None`` when not measured)."""
+    if not collapsed:
+        return None
+    last = mad[-1] if mad else None
+    if not reads_history and last is not None and last < OVERSMOOTHED_MAD:
+        return "over_smoothing"
+    return "optimisation"
+
+
+def collapse_advice(lr: float | None, readout: str, layers: int, cause: str | None = None,
+                    mad_last: float | None = None) -> str:
     """The likely fix for a collapsed run, from docs/training.md's measurements: above the
-    default learning rate, the rate; at it, a sum-pooled JK readout over a deep stack (whose
-    head input grows with depth and graph size), a deep stack whose last layer is over-smoothed
-    (IMDB-BINARY, plain GCN-64: only the readouts over the whole history trained), or a stack
-    that leaves the prior late."""
+    default learning rate, the rate; at it, an over-smoothed last layer under a last-layer
+    readout (IMDB-BINARY, plain GCN-64: only the readouts over the whole history trained), a
+    sum-pooled JK readout over a deep stack (whose head input grows with depth and graph size),
+    or a stack that leaves the prior late."""
     if lr is None or lr > 1e-3:
         return "Lower optimizer.lr (the default 0.001 trained every screened setting)."
+    if cause == "over_smoothing":
+        return (f"Its last layer is over-smoothed (node states nearly parallel: MAD "
+                f"{mad_last:.3f} < {OVERSMOOTHED_MAD}) and this readout sees only that layer: "
+                f"use model.residual=true, fewer layers, or a readout over the whole history "
+                f"(readout=histograph).")
     if readout.startswith("jk") and layers >= 32:
         return ("At this learning rate a sum-pooled JK readout over a deep stack is the likely "
                 "cause: try readout.pool=mean.")

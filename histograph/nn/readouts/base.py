@@ -49,11 +49,17 @@ def _split(out: Tensor | tuple[Tensor, Tensor | None]) -> tuple[Tensor, Tensor |
 class Readout(torch.nn.Module):
     """Base class of every readout: sizes, input checks, ``num_graphs``, layer weights.
 
+    ``reads_history`` says whether the readout sees the history's earlier entries (``True``:
+    HISTOGRAPH, JK) or only the last one (``False``: the pooling readouts); the collapse check
+    uses it to tell an over-smoothed last layer from an optimisation failure.
+
     Args:
         in_channels (int): width :math:`D` of every history entry.
         history_len (int): number of history entries :math:`L` (message-passing layers + 1).
         out_channels (int, optional): embedding width (default: ``in_channels``).
     """
+
+    reads_history: bool = True
 
     def __init__(self, in_channels: int, history_len: int,
                  out_channels: int | None = None) -> None:

@@ -25,6 +25,8 @@ class LastLayerReadout(Readout):
         history_len (int): number of history entries (only the last is read).
     """
 
+    reads_history = False
+
     def node_states(self, history: History, batch: Tensor, num_graphs: int) -> Tensor:
         """The last entry ``[N, in_channels]``; ``batch``/``num_graphs`` are not needed."""
         return history_entry(history, -1)

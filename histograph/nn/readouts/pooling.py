@@ -17,6 +17,7 @@ from histograph.nn.readouts.base import History, Readout, history_entry
 
 class _LastLayer(Readout):
     aggr: aggr.Aggregation
+    reads_history = False
 
     def forward(self, history: History, batch: Tensor, num_graphs: int) -> Tensor:
         return self.aggr(history_entry(history, -1), index=batch, dim_size=num_graphs)
