@@ -141,6 +141,40 @@ def test_an_interrupted_sweep_writes_its_summary_and_exits_75(tmp_path, data_dir
     assert "Resuming" in out + err and len(list(sweep.glob("*/done.json"))) == 2
 
 
+def test_kill_of_a_joblib_sweep_reaches_its_workers_and_the_summary_is_written(tmp_path,
+                                                                              data_dir):
+    """`kill <pid>` (SIGTERM to the parent only) of a joblib sweep: without the forwarding
+    callback the parent died at once, its workers trained on as orphans and no summary came."""
+    import psutil
+
+    log_dir = tmp_path / "logs"
+    args = ["-m", *TINY, "model.layers=1,2,3", "trainer.max_epochs=400",
+            "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+            "hydra.callbacks.report.plots=false", "sweep_name=stopped",
+            f"paths.log_dir={log_dir}", f"paths.data_dir={data_dir}"]
+    sweep = log_dir / "sweeps" / "stopped"
+    proc = _start(args, tmp_path, "sweep")
+    try:
+        deadline = time.time() + 240
+        while not list(sweep.glob("*/checkpoints/last.ckpt")):  # a job is training
+            assert proc.poll() is None and time.time() < deadline, "no job started training"
+            time.sleep(0.2)
+        workers = psutil.Process(proc.pid).children()
+        proc.send_signal(signal.SIGTERM)  # the parent alone, as `kill <pid>` does
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == EXIT_INTERRUPTED, (out + err)[-3000:]
+    assert "TerminatedWorkerError" not in out + err
+    assert (sweep / "summary.md").exists()
+    interrupted = list(sweep.glob("*/interrupted.json"))
+    assert interrupted and not list(sweep.glob("*/failed.json"))
+    assert len(list(sweep.glob("*/results.json"))) < 3  # it stopped, it did not run to the end
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, [w.cmdline() for w in alive]
+
+
 # ---------------------------------------------------------------------- resume settings
 def test_resume_refuses_changed_settings_unless_forced(cfg_factory, tmp_path):
     out = tmp_path / "run"

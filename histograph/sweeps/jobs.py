@@ -17,7 +17,9 @@
 * a job stopped by a signal (:class:`~histograph.training.interrupt.RunInterrupted`) leaves
   ``interrupted.json`` (no ``failed.json``: it is resumable) and every later job of the same
   process is not started, so that the sweep ends, writes its summary and exits non-zero
-  (:mod:`histograph.sweeps.callbacks`).
+  (:mod:`histograph.sweeps.callbacks`). A stopping signal that arrives *between* jobs of a
+  multirun (no run is there to catch it) does the same (:func:`stop_between_jobs`): without it
+  the process would die at once and the sweep end without its summary.
 
 Hydra multiruns call it through :func:`run_idempotent`; :mod:`histograph.nested` calls it for
 every grid point and retrain. A DDP job of a sweep runs one launcher task per rank
@@ -31,8 +33,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -281,8 +285,34 @@ def stopped_by() -> str | None:
     return _stopped_by
 
 
+def _stop_sweep(signum: int, frame: Any) -> None:
+    from histograph.training.interrupt import note_stop
+
+    global _stopped_by
+    note_stop(signum)  # a job already past the check below stops at its first batch
+    if _stopped_by is None:
+        _stopped_by = signal.Signals(signum).name
+        log.warning("Received %s: no further job of this sweep starts here.", _stopped_by)
+
+
+def stop_between_jobs() -> None:
+    """Make the stopping signals (:data:`~histograph.training.interrupt.SIGNALS`) end the sweep
+    in this process after the running job instead of killing it: installed once per process,
+    only over the default action (a launcher's own handler, e.g. submitit's, is kept). While a
+    job trains, its :class:`~histograph.training.interrupt.SignalFlag` handles the signal first
+    and then calls this one."""
+    from histograph.training.interrupt import SIGNALS
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be installed from the main thread
+    for signum in SIGNALS:
+        if signal.getsignal(signum) == signal.SIG_DFL:
+            signal.signal(signum, _stop_sweep)
+
+
 def run_idempotent(cfg: DictConfig, run: Callable[[DictConfig], dict[str, Any]]
                    ) -> float | None:
     """One Hydra multirun job through :func:`run_job`; returns its objective (``None`` when it
     failed) for Hydra's sweeper."""
+    stop_between_jobs()
     return objective(run_job(cfg, run, job_overrides()).results)

@@ -45,6 +45,16 @@ log = logging.getLogger("histograph")
 #: The signals that stop a run gracefully (SIGINT only while the trainer fits).
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 INTERRUPTED_FILE = "interrupted.json"
+#: A stopping signal this process received outside a run (between the jobs of a sweep,
+#: :func:`histograph.sweeps.jobs.stop_between_jobs`): the next :class:`SignalFlag` starts set.
+_pending: int | None = None
+
+
+def note_stop(signum: int) -> None:
+    """Record a stopping signal that arrived while no run was there to catch it."""
+    global _pending
+    if _pending is None:
+        _pending = signum
 
 
 class SignalFlag:
@@ -82,6 +92,8 @@ class SignalFlag:
     def __enter__(self) -> "SignalFlag":
         for signum in self.signals:
             self.install(signum)
+        if self.received is None and _pending is not None:
+            self.received = _pending  # told to stop before this run began: stop at once
         return self
 
     def __exit__(self, *exc: Any) -> None:
