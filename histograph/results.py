@@ -89,7 +89,8 @@ def results_record(cfg: DictConfig, *, dm: Any, network: Any, lit: Any, trainer:
         record["collapsed"], mad, getattr(getattr(model, "readout", None), "reads_history", True))
     if record["collapsed"]:
         advice = collapse_advice(cfg.optimizer.get("lr"), record["readout"], record["layers"],
-                                 record["collapse_cause"], mad[-1] if mad else None)
+                                 record["collapse_cause"], mad[-1] if mad else None,
+                                 cfg.readout.get("pool"))
         log.warning("%s collapsed: from epoch %d its predictions are (nearly) all one class or "
                     "its training loss stays at the class prior's entropy; the reported test "
                     "figure is a constant predictor's. %s (docs/training.md)",

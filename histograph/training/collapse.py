@@ -130,7 +130,7 @@ def collapse_cause(collapsed: bool | None, mad: list[float] | None,
 
 
 def collapse_advice(lr: float | None, readout: str, layers: int, cause: str | None = None,
-                    mad_last: float | None = None) -> str:
+                    mad_last: float | None = None, pool: str | None = None) -> str:
     """The likely fix for a collapsed run, from docs/training.md's measurements: above the
     default learning rate, the rate; at it, an over-smoothed last layer under a last-layer
     readout (IMDB-BINARY, plain GCN-64: only the readouts over the whole history trained), a
@@ -143,9 +143,13 @@ def collapse_advice(lr: float | None, readout: str, layers: int, cause: str | No
                 f"{mad_last:.3f} < {OVERSMOOTHED_MAD}) and this readout sees only that layer: "
                 f"use model.residual=true, fewer layers, or a readout over the whole history "
                 f"(readout=histograph).")
-    if readout.startswith("jk") and layers >= 32:
+    if readout.startswith("jk") and layers >= 32 and pool == "sum":
         return ("At this learning rate a sum-pooled JK readout over a deep stack is the likely "
                 "cause: try readout.pool=mean.")
+    if readout.startswith("jk") and layers >= 32:
+        return (f"At this learning rate a JK readout over {layers} plain layers may not train "
+                f"(jk_max collapsed on plain GCN-64 under every probe): try model.residual=true "
+                f"or readout=histograph.")
     if layers >= 32:
         return (f"At this learning rate a {layers}-layer stack may be over-smoothed (`mad` of "
                 f"its last layer near 0 in results.json) or leave the prior late: try more "
