@@ -89,6 +89,12 @@ def test_offline_run_in_job_dir_holds_history_and_identity(cfg_factory, tmp_path
               for item in r.history.item
               if (item.key or "/".join(item.nested_key)) == "val/acc"]
     assert logged == pytest.approx(res["history"]["val"])
+    # the summary carries the selected epoch's figures and the collapse verdict with its cause
+    summary = {item.key: json.loads(item.value_json) for r in of_type(records, "summary")
+               for item in r.summary.update}
+    assert summary["selected/test"] == pytest.approx(res["test"])
+    assert summary["collapsed"] == res["collapsed"]
+    assert "collapse_cause" in summary and summary["collapse_cause"] == res["collapse_cause"]
     exits = of_type(records, "exit")
     assert len(exits) == 1 and exits[0].exit.exit_code == 0
 
