@@ -205,10 +205,12 @@ def plot_depth_accuracy(jobs: pd.DataFrame, path: Path, metric_key: str = "test"
         for readout, rows in sorted(part.groupby("readout")):
             lo, hi = int(rows["n"].min()), int(rows["n"].max())
             lost = int(rows["collapsed"].sum())
+            flat = int(rows["over_smoothed"].sum()) if "over_smoothed" in rows else 0
             label = f"{readout} (n={lo})" if lo == hi else f"{readout} (n={lo}-{hi})"
+            label += (f", {lost} collapsed" if lost else "") + (f": {flat} over-smoothed"
+                                                                if flat else "")
             line = ax.errorbar(rows["layers"], 100 * rows["mean"], yerr=100 * rows["std"],
-                               marker="o", capsize=3,
-                               label=label + (f", {lost} collapsed" if lost else ""))
+                               marker="o", capsize=3, label=label)
             hit = rows[rows["collapsed"] > 0]  # points that include collapsed runs: hollow x
             ax.scatter(hit["layers"], 100 * hit["mean"], marker="x", s=80,
                        color=line[0].get_color(), zorder=5)
