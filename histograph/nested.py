@@ -47,7 +47,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from histograph.analysis.aggregate import markdown_table
+from histograph.analysis.aggregate import markdown_table, selected_late
 from histograph.console import quiet_libraries, say
 from histograph.errors import EXIT_INTERRUPTED, UserError
 from histograph.resolvers import config_dir
@@ -195,6 +195,8 @@ def nested_cv(base_overrides: Sequence[str], grid: Sequence[str], output_dir: st
                                      "test": None if res is None else float(res["test"]),
                                      "selected_epoch": None if res is None
                                      else res["selected_epoch"],
+                                     "selected_late": res is not None and selected_late(
+                                         res["selected_epoch"], res.get("epochs")),
                                      "collapsed": None if res is None
                                      else res.get("collapsed")})
                 if res is not None:
@@ -222,6 +224,8 @@ def nested_cv(base_overrides: Sequence[str], grid: Sequence[str], output_dir: st
         "n_retrains": n_final,
         "n_retrains_expected": len(outer) * retrain,
         "n_collapsed": sum(bool(f.get("collapsed")) for row in fold_rows for f in row["final"]),
+        "n_selected_late": sum(bool(f.get("selected_late")) for row in fold_rows
+                               for f in row["final"]),
         "failed_jobs": sum(job["error"] is not None for row in fold_rows
                            for job in row["selection"] + row["final"]),
         "folds": folds,
@@ -245,7 +249,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
     n_line = (f"n = {summary['n_folds']} of {summary['n_folds_expected']} outer folds, "
               f"{summary['n_retrains']} of {summary['n_retrains_expected']} retrains, "
-              f"{summary.get('n_collapsed', 0)} retrains collapsed to one class")
+              f"{summary.get('n_collapsed', 0)} retrains collapsed to one class, "
+              f"{summary.get('n_selected_late', 0)} selected an epoch in the last 10% of "
+              f"training")
     lines = [
         "# Nested cross-validation (Errica et al., ICLR 2020)", "",
         f"**test {summary['metric']} = {pct(summary['test_mean'])} ± "

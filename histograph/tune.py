@@ -67,6 +67,7 @@ def tune_readouts(base_overrides: Sequence[str], readouts: Sequence[str], grid: 
                      "test_std": summary["test_std"], "n_folds": summary["n_folds"],
                      "n_folds_expected": summary["n_folds_expected"],
                      "n_collapsed": summary.get("n_collapsed", 0),
+                     "n_selected_late": summary.get("n_selected_late", 0),
                      "n_retrains": summary["n_retrains"],
                      "failed_jobs": summary["failed_jobs"], "complete": summary["complete"],
                      "winners": [row["winner_overrides"] for row in summary["per_fold"]],
@@ -95,11 +96,13 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
              + f"; {comparison['outer_folds']} outer folds, winner retrained "
                f"{comparison['retrain']}x; fixed: "
              + (", ".join(f"`{o}`" for o in comparison["base_overrides"]) or "none") + ".", "",
-             f"Selection: {comparison['selection']}.", ""]
-    header = ["readout", f"test {metric} (%)", "folds", "collapsed retrains", "winner per fold",
-              "complete"]
+             f"Selection: {comparison['selection']}. Late-selected: retrains whose selected "
+             f"epoch is in the last 10% of their epochs (more epochs may change them).", ""]
+    header = ["readout", f"test {metric} (%)", "folds", "collapsed retrains",
+              "late-selected retrains", "winner per fold", "complete"]
     body = [[r["readout"], pct(r["test_mean"], r["test_std"]),
              f"{r['n_folds']}/{r['n_folds_expected']}", f"{r['n_collapsed']}/{r['n_retrains']}",
+             f"{r.get('n_selected_late', 0)}/{r['n_retrains']}",
              "; ".join(" ".join(w) if w else "-" for w in r["winners"]),
              "yes" if r["complete"] else f"NO ({r['failed_jobs']} failed jobs)"]
             for r in comparison["readouts"]]

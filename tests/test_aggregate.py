@@ -112,6 +112,9 @@ def test_summary_never_averages_fewer_runs_silently(holdout_sweep):
     assert "Failed or missing jobs (2 of 6)" in md and "CUDA out of memory" in md
     assert "Fixed overrides: `dataset=mutag`" in md
     assert "first epoch with the best validation metric" in md  # the selection rule is shown
+    # histograph's one run selected the last of its 2 epochs: counted as a late selection
+    assert (mean["n_selected_late"], hist["n_selected_late"]) == (0, 1)
+    assert "| 1 (1 late) |" in md
 
 
 def test_killed_job_without_results_is_missing_and_out_dir_is_respected(tmp_path):
@@ -243,3 +246,11 @@ def test_numeric_axes_sort_numerically(tmp_path):
         _job(root, f"model.layers={layers}", [f"model.layers={layers}", "fold=0"],
              _results("mean", 0, "holdout", [0.5], [0.5]))
     assert aggregate(root)["summary"]["model.layers"].tolist() == [2, 4, 16]
+
+
+def test_late_selected_runs_are_counted():
+    from histograph.analysis.aggregate import selected_late
+
+    assert [selected_late(e, 20) for e in (17, 18, 19)] == [False, True, True]
+    assert selected_late(45, 50) and not selected_late(44, 50) and selected_late(0, 1)
+    assert not selected_late(None, 20) and not selected_late(float("nan"), 20)

@@ -67,6 +67,9 @@ def test_nested_cv_selects_on_the_inner_holdout_and_retrains_the_winner(cfg_fact
     assert summary["test_mean"] == pytest.approx(sum(tests) / 2)
     md = (out / "summary.md").read_text()
     assert "n = 2 of 2 outer folds, 6 of 6 retrains" in md and "inner-validation" in md
+    # a 1-epoch run can only select its last epoch: every retrain is late
+    assert summary["n_selected_late"] == 6
+    assert "6 selected an epoch in the last 10% of training" in md
     assert summary["complete"] and "INCOMPLETE" not in md
     assert json.loads((out / "nested.json").read_text())["test_mean"] == summary["test_mean"]
 

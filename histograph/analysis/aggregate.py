@@ -58,6 +58,10 @@ RESULT_SCALARS = ("dataset", "model", "readout", "layers", "hidden", "seed", "fo
                   "metric", "selected_epoch", "epochs", "val", "test", "collapsed",
                   "collapsed_from", "collapsed_at_selected", "collapse_cause", "num_params",
                   "wall_time_s", "mode", "selection")
+#: A run whose selected epoch lies in the last this share of its epochs was still improving on
+#: validation when it stopped: more epochs may change its figure (issue 12 asks that studies say
+#: how many runs did).
+LATE_SHARE = 0.1
 #: Columns ``jobs.csv`` derives from ``results.json`` (not settings).
 DERIVED_COLUMNS = ("mad_last",)
 #: Override keys that are repetitions of one setting, not axes of the comparison.
@@ -331,6 +335,19 @@ def _unique(series: pd.Series) -> Any:
     return values[0] if len(values) == 1 else "/".join(str(v) for v in values)
 
 
+def selected_late(selected_epoch: Any, epochs: Any) -> bool:
+    """Whether a run's selected (0-based) epoch is among the last ``ceil(LATE_SHARE * epochs)``
+    of its ``epochs`` (epoch 18 or 19 of 20, 45-49 of 50, the only epoch of 1); ``False`` when
+    either is unknown."""
+    try:
+        selected, total = float(selected_epoch), float(epochs)
+    except (TypeError, ValueError):
+        return False
+    if math.isnan(selected) or math.isnan(total):
+        return False
+    return selected >= total - math.ceil(LATE_SHARE * total)
+
+
 def _axes(jobs: pd.DataFrame, keys: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
     """Override keys that vary across jobs (the axes) and those that are constant."""
     axes, constant = [], {}
@@ -381,6 +398,8 @@ def summarize(jobs: pd.DataFrame, keys: Sequence[str], results: dict[str, dict]
                    test_std=_std(test))
         row["selected_epoch"] = (float(done["selected_epoch"].astype(float).mean())
                                  if len(done) else math.nan)
+        row["n_selected_late"] = int(sum(selected_late(s, e) for s, e in
+                                         zip(done["selected_epoch"], done["epochs"])))
         row["epochs"] = int(done["epochs"].max()) if len(done) else None
         row["selection"] = _unique(done["selection"]) if len(done) else None
         test_curves = [results[d].get("history", {}).get("test") for d in done["job_dir"]]
@@ -454,7 +473,8 @@ def summary_markdown(summary: pd.DataFrame, jobs: pd.DataFrame, keys: Sequence[s
         label = f"{protocol} (optimistic)" if protocol == "gin" else protocol
         rows.append([*(r[a] for a in axes), label, r["metric"], f"{r['n']}/{r['n_expected']}",
                      _pct(r["val_mean"], r["val_std"]), _pct(r["test_mean"], r["test_std"]),
-                     "" if pd.isna(r["selected_epoch"]) else f"{round(r['selected_epoch'], 1):g}",
+                     ("" if pd.isna(r["selected_epoch"]) else f"{round(r['selected_epoch'], 1):g}")
+                     + (f" ({r['n_selected_late']} late)" if r.get("n_selected_late") else ""),
                      f"{r.get('n_collapsed', 0)}/{r['n']}"
                      + (f" ({r['n_over_smoothed']} over-smoothed)"
                         if r.get("n_over_smoothed") else ""),
@@ -469,7 +489,8 @@ def summary_markdown(summary: pd.DataFrame, jobs: pd.DataFrame, keys: Sequence[s
         out += ["Selection rules:", ""]
         out += [f"- `{r['protocol']}`: {r['selection']}" for _, r in rules.iterrows()]
         out += ["- `epoch`: the gin best epoch (0-based), else the mean of the per-run "
-                "selected epochs.",
+                "selected epochs; `(k late)`: k runs selected an epoch in the last 10% of "
+                "their epochs (more epochs may change them).",
                 "- `test if selected on test`: the same runs scored with the gin rule (best "
                 "epoch of the across-run mean test curve): OPTIMISTIC, shown only to measure "
                 "how much selecting on the test folds adds.", ""]
