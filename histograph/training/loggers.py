@@ -86,8 +86,9 @@ def summary_values(record: dict[str, Any]) -> dict[str, Any]:
             "selected/test": record["test"], "selected/metric": record["metric"],
             "collapsed": record.get("collapsed"), "collapsed_from": record.get("collapsed_from"),
             "collapse_cause": record.get("collapse_cause"), "num_params": record["num_params"],
-            "dataset": record["dataset"], "model": record["model"], "readout": record["readout"], "layers": record["layers"],
-            "fold": record["fold"], "seed": record["seed"], "protocol": record["protocol"]}
+            "dataset": record["dataset"], "model": record["model"], "readout": record["readout"],
+            "layers": record["layers"], "fold": record["fold"], "seed": record["seed"],
+            "protocol": record["protocol"]}
 
 
 def publish_summary(loggers: list[Logger], record: dict[str, Any]) -> None:
