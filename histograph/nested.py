@@ -47,7 +47,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from histograph.analysis.aggregate import markdown_table, selected_late
+from histograph.analysis.aggregate import LATE_TEXT, markdown_table, selected_late
 from histograph.console import quiet_libraries, say
 from histograph.errors import EXIT_INTERRUPTED, UserError
 from histograph.resolvers import config_dir
@@ -250,7 +250,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     n_line = (f"n = {summary['n_folds']} of {summary['n_folds_expected']} outer folds, "
               f"{summary['n_retrains']} of {summary['n_retrains_expected']} retrains, "
               f"{summary.get('n_collapsed', 0)} retrains collapsed to one class, "
-              f"{summary.get('n_selected_late', 0)} selected an epoch in the last 10% of "
+              f"{summary.get('n_selected_late', 0)} selected an epoch in the last {LATE_TEXT} of "
               f"training")
     lines = [
         "# Nested cross-validation (Errica et al., ICLR 2020)", "",

@@ -31,7 +31,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from histograph.analysis.aggregate import markdown_table
+from histograph.analysis.aggregate import LATE_TEXT, markdown_table
 from histograph.errors import EXIT_INTERRUPTED, UserError
 from histograph.nested import (ComposeFn, command_line, compose_job, grid_points, nested_cv,
                                protocol_args)
@@ -97,7 +97,7 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
                f"{comparison['retrain']}x; fixed: "
              + (", ".join(f"`{o}`" for o in comparison["base_overrides"]) or "none") + ".", "",
              f"Selection: {comparison['selection']}. Late-selected: retrains whose selected "
-             f"epoch is in the last 10% of their epochs (more epochs may change them).", ""]
+             f"epoch is in the last {LATE_TEXT} of their epochs (more epochs may change them).", ""]
     header = ["readout", f"test {metric} (%)", "folds", "collapsed retrains",
               "late-selected retrains", "winner per fold", "complete"]
     body = [[r["readout"], pct(r["test_mean"], r["test_std"]),

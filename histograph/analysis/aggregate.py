@@ -62,6 +62,8 @@ RESULT_SCALARS = ("dataset", "model", "readout", "layers", "hidden", "seed", "fo
 #: validation when it stopped: more epochs may change its figure (issue 12 asks that studies say
 #: how many runs did).
 LATE_SHARE = 0.1
+#: ``LATE_SHARE`` as the tables and reports write it ("10%").
+LATE_TEXT = f"{LATE_SHARE:.0%}"
 #: Columns ``jobs.csv`` derives from ``results.json`` (not settings).
 DERIVED_COLUMNS = ("mad_last",)
 #: Override keys that are repetitions of one setting, not axes of the comparison.
@@ -489,8 +491,8 @@ def summary_markdown(summary: pd.DataFrame, jobs: pd.DataFrame, keys: Sequence[s
         out += ["Selection rules:", ""]
         out += [f"- `{r['protocol']}`: {r['selection']}" for _, r in rules.iterrows()]
         out += ["- `epoch`: the gin best epoch (0-based), else the mean of the per-run "
-                "selected epochs; `(k late)`: k runs selected an epoch in the last 10% of "
-                "their epochs (more epochs may change them).",
+                "selected epochs; `(k late)`: k runs selected an epoch in the last "
+                f"{LATE_TEXT} of their epochs (more epochs may change them).",
                 "- `test if selected on test`: the same runs scored with the gin rule (best "
                 "epoch of the across-run mean test curve): OPTIMISTIC, shown only to measure "
                 "how much selecting on the test folds adds.", ""]
