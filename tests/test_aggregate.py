@@ -254,3 +254,35 @@ def test_late_selected_runs_are_counted():
     assert [selected_late(e, 20) for e in (17, 18, 19)] == [False, True, True]
     assert selected_late(45, 50) and not selected_late(44, 50) and selected_late(0, 1)
     assert not selected_late(None, 20) and not selected_late(float("nan"), 20)
+
+
+def test_sweeps_in_pieces_merge_into_one_table(holdout_sweep, tmp_path, capsys):
+    """A sweep finished elsewhere (or resumed after its folders were lost): its own jobs plus an
+    aggregated copy of the first part make one table, each job once, the finished copy kept."""
+    first = tmp_path / "first"
+    aggregate(holdout_sweep, first)  # only jobs.csv etc. kept, as under results/
+    rest = tmp_path / "rest"  # the failed and the never-run histograph folds, now finished
+    for fold, test in ((1, 0.85), (2, 0.75)):
+        _job(rest, f"readout=histograph,fold={fold}",
+             ["readout=histograph", f"fold={fold}", "dataset=mutag"],
+             _results("histograph", fold, "holdout", [0.6, test], [0.7, 0.8]))
+    merged = tmp_path / "merged"
+    assert main([str(first), str(rest), "--out", str(merged)]) == 0
+    assert "| histograph | holdout | acc | 3/3 |" in capsys.readouterr().out
+    jobs = pd.read_csv(merged / "jobs.csv")
+    assert len(jobs) == 6 and set(jobs["status"]) == {"done"}
+    hist = jobs[jobs["readout"] == "histograph"].set_index("fold")["test"]
+    assert hist.to_dict() == pytest.approx({0: 0.95, 1: 0.85, 2: 0.75})
+    summary = pd.read_csv(merged / "summary.csv").set_index("readout")
+    assert summary.loc["histograph", "test_mean"] == pytest.approx((0.95 + 0.85 + 0.75) / 3)
+    assert bool(summary.loc["histograph", "complete"])
+    # a later failed copy never replaces a finished one; the first input's axes stay columns
+    again = tmp_path / "again"
+    _job(again, "readout=mean,fold=0", ["dataset=mutag", "readout=mean", "fold=0"],
+         failed="RuntimeError: boom")
+    out = aggregate([merged, again], tmp_path / "merged2")
+    mean0 = out["jobs"][(out["jobs"]["readout"] == "mean") & (out["jobs"]["fold"] == 0)]
+    assert list(mean0["status"]) == ["done"] and list(out["jobs"].columns[:5]) == [
+        "status", "job_dir", "dataset", "readout", "fold"]
+    assert main([str(first), str(rest)]) == 2
+    assert "--out" in capsys.readouterr().err

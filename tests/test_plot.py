@@ -102,7 +102,7 @@ def test_cli_errors_and_output(tmp_path, capsys):
     assert "not a folder" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 2
-    assert "neither job dirs" in capsys.readouterr().err
+    assert "no jobs.csv" in capsys.readouterr().err
     with pytest.raises(UserError, match="--metric"):
         plot(tmp_path / "empty", metric_key="loss")
     sweep = _fake_sweep(tmp_path / "sweep")

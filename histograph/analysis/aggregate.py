@@ -19,6 +19,12 @@ Written atomically into the output dir (default: the sweep dir):
 * ``gin_curves.csv`` (``gin`` protocol groups only): the across-fold mean test curve per epoch;
 * ``incomplete.csv``: the failed and missing jobs, with the first line of each error.
 
+Several inputs make one table (``python -m histograph.analysis.aggregate A B --out DIR``): each a
+sweep dir or an aggregated dir (its ``jobs.csv``), e.g. one sweep run in pieces on two machines,
+or a sweep resumed after its first job folders were lost. A job met more than once (same values
+of every override column) is kept once: a finished copy over a failed, interrupted or missing
+one, and between equals the later input.
+
 Protocols (``../shared/docs/PROTOCOLS.md``): for ``holdout``/``ogb``/``nested`` each job's
 ``test`` is read at the epoch selected on its own validation set and the group reports mean +- std
 over jobs. For ``gin`` (paper-compatible, OPTIMISTIC) :func:`gin_selection` averages the per-epoch
@@ -80,6 +86,11 @@ def is_axis_key(key: str) -> bool:
     key = _key(key)
     return is_result_key(key) and key not in REPLICATE_KEYS and key not in PER_JOB_KEYS
 STATUSES = ("done", "failed", "interrupted", "missing")
+#: Which copy of a job a merge keeps: the higher rank (then the later input).
+STATUS_RANK = {"done": 3, "failed": 2, "interrupted": 1, "missing": 0}
+#: ``RESULT_SCALARS`` that an override can set too (``dataset=nci1``, ``fold=3``): in a
+#: ``jobs.csv`` read back, such a column before the results block is an override column.
+OVERRIDABLE_SCALARS = ("dataset", "model", "readout", "seed", "fold", "protocol", "mode")
 GIN_SELECTION = ("OPTIMISTIC: epoch with the best test accuracy averaged over the folds "
                  "(selection on test)")
 
@@ -325,6 +336,96 @@ def collect_jobs(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str], dict[s
     return jobs[columns + rest], keys, all_results
 
 
+def keys_of_table(columns: Sequence[str]) -> list[str]:
+    """The override columns of a ``jobs.csv`` written by :func:`collect_jobs`: those between
+    ``job_dir`` and the results block, which starts with a ``<name>_result`` column, a result
+    scalar no override sets (``layers``, ``val``, ...), a derived column or ``error``.
+
+    A result scalar an override can set (``dataset``) that was not overridden sits at the start
+    of the results block and is read as an override column too: it holds one value per job
+    either way, so the groups are the same.
+    """
+    keys = []
+    for column in list(columns)[2:]:
+        if (column.endswith("_result") or column in DERIVED_COLUMNS or column == "error"
+                or (column in RESULT_SCALARS and column not in OVERRIDABLE_SCALARS)):
+            break
+        keys.append(column)
+    return keys
+
+
+def load_jobs(path: str | Path) -> tuple[pd.DataFrame, list[str], dict[str, dict]]:
+    """The jobs of one input: a sweep dir (scanned by :func:`collect_jobs`) or an aggregated dir
+    (its ``jobs.csv``; no per-job results then, so no gin curves).
+
+    :raises UserError: when ``path`` is neither.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise UserError(f"{root} is not a folder; pass the multirun dir of a sweep "
+                        f"(e.g. logs/sweeps/<name>) or a folder holding its jobs.csv.")
+    if find_job_dirs(root):
+        return collect_jobs(root)
+    if (root / "jobs.csv").is_file():
+        jobs = pd.read_csv(root / "jobs.csv")
+        return jobs, keys_of_table(jobs.columns), {}
+    raise UserError(f"No job dirs (folders with .hydra/overrides.yaml) and no jobs.csv under "
+                    f"{root}; pass the multirun dir of a sweep or its aggregated folder.")
+
+
+def _identity_text(value: Any) -> str:
+    """One job setting as text that a CSV round trip keeps (64 and 64.0 read back alike)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def merge_jobs(paths: Sequence[str | Path]
+               ) -> tuple[pd.DataFrame, list[str], dict[str, dict], dict[str, Path]]:
+    """The jobs of several inputs (:func:`load_jobs`) as one table, each job once.
+
+    A job's identity is its values of every override column (the union over the inputs); of
+    several copies the one with the best status (:data:`STATUS_RANK`: done, failed,
+    interrupted, missing) is kept, and between equals the later input's.
+
+    :returns: ``(jobs, keys, results, sources)``: the table, the override columns, the
+        ``results.json`` of each kept finished job scanned from a sweep dir (by ``job_dir``),
+        and the input each of those came from (by ``job_dir``).
+    """
+    frames, keys, found = [], [], []
+    for order, path in enumerate(paths):
+        jobs, input_keys, results = load_jobs(path)
+        keys += [k for k in input_keys if k not in keys]
+        frames.append(jobs.assign(_input=order))
+        found.append((Path(path), results))
+    jobs = pd.concat(frames, ignore_index=True, sort=False)
+    for key in keys:
+        if key not in jobs:
+            jobs[key] = None
+    replaced = 0
+    if len(frames) > 1:  # one input is taken as it is (a nested CV repeats overrides by fold)
+        identity = jobs[keys].apply(lambda row: "\x1f".join(map(_identity_text, row)), axis=1)
+        rank = jobs["status"].map(STATUS_RANK).fillna(-1)
+        best = (pd.DataFrame({"identity": identity, "rank": rank, "input": jobs["_input"]})
+                .sort_values(["rank", "input"], kind="stable")
+                .drop_duplicates("identity", keep="last").index)
+        replaced = len(jobs) - len(best)
+        jobs = jobs.loc[sorted(best)].reset_index(drop=True)
+    if replaced:
+        log.info("Merged %d inputs: %d jobs, %d duplicate copies left out (a finished copy, "
+                 "else the later input's, kept).", len(paths), len(jobs), replaced)
+    results, sources = {}, {}
+    for job_dir, order in zip(jobs["job_dir"], jobs["_input"]):
+        root, input_results = found[order]
+        if isinstance(job_dir, str) and job_dir in input_results:
+            results[job_dir] = input_results[job_dir]
+            sources[job_dir] = root
+    rest = [c for c in jobs.columns if c not in ("status", "job_dir", *keys, "_input")]
+    return jobs[["status", "job_dir", *keys, *rest]], keys, results, sources
+
+
 # ---------------------------------------------------------------------- summary
 def _std(values: np.ndarray) -> float:
     return float(np.std(values)) if len(values) else math.nan
@@ -404,7 +505,8 @@ def summarize(jobs: pd.DataFrame, keys: Sequence[str], results: dict[str, dict]
                                          zip(done["selected_epoch"], done["epochs"])))
         row["epochs"] = int(done["epochs"].max()) if len(done) else None
         row["selection"] = _unique(done["selection"]) if len(done) else None
-        test_curves = [results[d].get("history", {}).get("test") for d in done["job_dir"]]
+        test_curves = [(results.get(d) or {}).get("history", {}).get("test")
+                       for d in done["job_dir"]]  # none for jobs read back from a jobs.csv
         sel = gin_selection(test_curves) if len(done) and all(test_curves) else None
         if sel is not None:
             # the gin rule applied to these runs' own test curves: what selecting on the test
@@ -509,46 +611,55 @@ def summary_markdown(summary: pd.DataFrame, jobs: pd.DataFrame, keys: Sequence[s
 
 
 # ---------------------------------------------------------------------- entry points
-def aggregate(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Any]:
+def aggregate(sweep_dir: str | Path | Sequence[str | Path], out_dir: str | Path | None = None
+              ) -> dict[str, Any]:
     """Scan a sweep dir and write ``jobs.csv``, ``summary.csv``, ``summary.md``,
     ``incomplete.csv`` (and ``gin_curves.csv`` for gin groups) atomically into ``out_dir``.
 
-    :param sweep_dir: a Hydra multirun dir, or any folder holding job dirs at any depth.
-    :param out_dir: where to write the tables (default: ``sweep_dir``).
+    :param sweep_dir: a Hydra multirun dir, or any folder holding job dirs at any depth, or an
+        aggregated dir (its ``jobs.csv``); or a list of these, merged by :func:`merge_jobs`.
+    :param out_dir: where to write the tables (default: ``sweep_dir``; required for a list).
     :returns: ``{"jobs", "summary", "curves", "incomplete"}`` DataFrames, ``"markdown"`` (the
-        text of ``summary.md``) and ``"paths"`` (name -> written file).
-    :raises UserError: when ``sweep_dir`` is not a folder or holds no job at all.
+        text of ``summary.md``), ``"paths"`` (name -> written file), and ``"results"`` /
+        ``"sources"`` (each finished job's ``results.json`` and input folder, by ``job_dir``,
+        for the jobs scanned from sweep dirs).
+    :raises UserError: when an input is neither, or no input holds a job.
     """
-    root = Path(sweep_dir)
-    if not root.is_dir():
-        raise UserError(f"{root} is not a folder; pass the multirun dir of a sweep "
-                        f"(e.g. logs/train/multiruns/<date>).")
-    jobs, keys, results = collect_jobs(root)
+    paths = [sweep_dir] if isinstance(sweep_dir, (str, Path)) else list(sweep_dir)
+    if not paths:
+        raise UserError("No sweep dir given; pass the multirun dir of a sweep.")
+    if len(paths) > 1 and out_dir is None:
+        raise UserError("Several inputs need an output folder; add --out <folder>.")
+    jobs, keys, results, sources = merge_jobs(paths)
     if jobs.empty:
-        raise UserError(f"No job dirs (folders with .hydra/overrides.yaml) under {root}; pass "
-                        f"the multirun dir of a sweep.")
+        raise UserError(f"No job under {', '.join(map(str, paths))}; pass the multirun dir of a "
+                        f"sweep.")
     summary, curves = summarize(jobs, keys, results)
     incomplete = jobs[jobs["status"] != "done"].reset_index(drop=True)
-    out = Path(out_dir) if out_dir is not None else root
-    markdown = summary_markdown(summary, jobs, keys, title=f"Summary of {root.name}")
-    paths = {"jobs": out / "jobs.csv", "summary": out / "summary.csv",
-             "markdown": out / "summary.md", "incomplete": out / "incomplete.csv"}
-    atomic_write_text(paths["jobs"], jobs.to_csv(index=False))
-    atomic_write_text(paths["summary"], summary.to_csv(index=False))
-    atomic_write_text(paths["markdown"], markdown)
-    atomic_write_text(paths["incomplete"], incomplete.to_csv(index=False))
+    out = Path(out_dir) if out_dir is not None else Path(paths[0])
+    out.mkdir(parents=True, exist_ok=True)
+    title = " + ".join(Path(p).resolve().name for p in paths)
+    markdown = summary_markdown(summary, jobs, keys, title=f"Summary of {title}")
+    paths_out = {"jobs": out / "jobs.csv", "summary": out / "summary.csv",
+                 "markdown": out / "summary.md", "incomplete": out / "incomplete.csv"}
+    atomic_write_text(paths_out["jobs"], jobs.to_csv(index=False))
+    atomic_write_text(paths_out["summary"], summary.to_csv(index=False))
+    atomic_write_text(paths_out["markdown"], markdown)
+    atomic_write_text(paths_out["incomplete"], incomplete.to_csv(index=False))
     if not curves.empty:
-        paths["curves"] = out / "gin_curves.csv"
-        atomic_write_text(paths["curves"], curves.to_csv(index=False))
+        paths_out["curves"] = out / "gin_curves.csv"
+        atomic_write_text(paths_out["curves"], curves.to_csv(index=False))
     return {"jobs": jobs, "summary": summary, "curves": curves, "incomplete": incomplete,
-            "markdown": markdown, "paths": paths}
+            "markdown": markdown, "paths": paths_out, "results": results, "sources": sources}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m histograph.analysis.aggregate <sweep dir> [--out DIR]``: print the summary table."""
+    """``python -m histograph.analysis.aggregate <dir>... [--out DIR]``: print the summary."""
     parser = argparse.ArgumentParser(prog="python -m histograph.analysis.aggregate",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep_dir", help="multirun dir (job dirs at any depth)")
+    parser.add_argument("sweep_dir", nargs="+",
+                        help="multirun dir (job dirs at any depth) or aggregated dir (jobs.csv); "
+                             "several are merged into one table (then --out is required)")
     parser.add_argument("--out", default=None, help="output folder (default: the sweep dir)")
     args = parser.parse_args(argv)
     try:

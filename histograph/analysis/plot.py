@@ -15,6 +15,8 @@ Given a sweep dir (job folders below it), the tables are (re)made with
 :func:`histograph.analysis.aggregate.aggregate` first and the per-layer vectors of every finished job are
 saved as ``diagnostics.json`` beside them, so an aggregated dir (``jobs.csv`` +
 ``diagnostics.json``, e.g. a copy under ``results/``) can be re-plotted without the job folders.
+Several inputs (``plot A B --out DIR``) are merged into one set of tables and figures
+(:func:`histograph.analysis.aggregate.merge_jobs`).
 With ``--wandb`` (or ``auto`` and a W&B logger in the jobs' config) the PNGs are logged to a run
 of the sweep's W&B group (``job_type=plots``); offline runs stay in ``<out>/wandb/``.
 
@@ -56,42 +58,58 @@ FIGURES = ("depth_accuracy", "layer_weights", "dirichlet_energy", "mad")
 
 
 # ---------------------------------------------------------------------- inputs
-def collect(path: str | Path, out_dir: str | Path | None = None,
+def collect(path: str | Path | Sequence[str | Path], out_dir: str | Path | None = None,
             aggregated: dict[str, Any] | None = None
             ) -> tuple[pd.DataFrame, list[dict[str, Any]], Path, dict[str, Any] | None]:
     """Read a sweep dir (aggregating it, unless ``aggregated`` holds what
-    :func:`~histograph.analysis.aggregate.aggregate` returned for it) or an aggregated dir.
+    :func:`~histograph.analysis.aggregate.aggregate` returned for it) or an aggregated dir, or
+    several of these (merged by :func:`~histograph.analysis.aggregate.merge_jobs`; the tables
+    are written to ``out_dir``).
 
     :returns: ``(jobs, diagnostics, out_dir, job_config)``: the ``jobs.csv`` table, one record
         per finished job with its per-layer vectors, the folder for the PNGs, and the Hydra config
-        of one finished job (``None`` for an aggregated dir).
-    :raises UserError: when ``path`` is neither.
+        of one finished job (``None`` when no input is a sweep dir).
+    :raises UserError: when an input is neither.
     """
-    root = Path(path)
-    if not root.is_dir():
-        raise UserError(f"{root} is not a folder; pass a sweep dir (logs/sweeps/<name>) or a "
-                        f"folder with jobs.csv from python -m histograph.analysis.aggregate.")
-    if aggregated is not None or find_job_dirs(root):
-        agg = aggregated if aggregated is not None else aggregate(root, out_dir)
-        out = Path(out_dir) if out_dir is not None else root
-        jobs = agg["jobs"]
-        diagnostics, config = [], None
-        for job_dir in jobs.loc[jobs["status"] == "done", "job_dir"]:
-            results = json.loads((root / job_dir / "results.json").read_text())
-            record = {"job_dir": job_dir, **{k: results.get(k) for k in ID_KEYS},
-                      **{k: results.get(k) for k in VECTOR_KEYS}}
-            diagnostics.append(record)
-            if config is None and (root / job_dir / ".hydra" / "config.yaml").is_file():
-                config = yaml.safe_load((root / job_dir / ".hydra" / "config.yaml").read_text())
-        atomic_write_json(out / DIAGNOSTICS_FILE, diagnostics)
-        return jobs, diagnostics, out, config
-    if (root / "jobs.csv").is_file():
+    paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+    for root in paths:
+        if not root.is_dir():
+            raise UserError(f"{root} is not a folder; pass a sweep dir (logs/sweeps/<name>) or a "
+                            f"folder with jobs.csv from python -m histograph.analysis.aggregate.")
+    if (aggregated is None and len(paths) == 1 and not find_job_dirs(paths[0])
+            and (paths[0] / "jobs.csv").is_file()):
+        root = paths[0]  # an aggregated dir alone: re-plotted as it is, its tables untouched
         jobs = pd.read_csv(root / "jobs.csv")
-        diag_path = root / DIAGNOSTICS_FILE
-        diagnostics = json.loads(diag_path.read_text()) if diag_path.is_file() else []
+        diagnostics = _read_diagnostics(root)
         return jobs, diagnostics, Path(out_dir) if out_dir is not None else root, None
-    raise UserError(f"{root} holds neither job dirs (.hydra/overrides.yaml) nor jobs.csv; pass a "
-                    f"sweep dir or the output folder of python -m histograph.analysis.aggregate.")
+    agg = aggregated if aggregated is not None else aggregate(
+        paths[0] if len(paths) == 1 else paths, out_dir)
+    out = Path(out_dir) if out_dir is not None else paths[0]
+    jobs = agg["jobs"]
+    results, sources = agg.get("results", {}), agg.get("sources", {})
+    # vectors of jobs read back from an aggregated input come from its diagnostics.json
+    stored = {r.get("job_dir"): r for root in paths if not find_job_dirs(root)
+              for r in _read_diagnostics(root)}
+    diagnostics, config = [], None
+    for job_dir in jobs.loc[jobs["status"] == "done", "job_dir"]:
+        if job_dir in results:
+            record = {"job_dir": job_dir, **{k: results[job_dir].get(k) for k in ID_KEYS},
+                      **{k: results[job_dir].get(k) for k in VECTOR_KEYS}}
+            config_file = sources[job_dir] / job_dir / ".hydra" / "config.yaml"
+            if config is None and config_file.is_file():
+                config = yaml.safe_load(config_file.read_text())
+        elif job_dir in stored:
+            record = stored[job_dir]
+        else:
+            continue
+        diagnostics.append(record)
+    atomic_write_json(out / DIAGNOSTICS_FILE, diagnostics)
+    return jobs, diagnostics, out, config
+
+
+def _read_diagnostics(root: Path) -> list[dict[str, Any]]:
+    path = root / DIAGNOSTICS_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def _done(jobs: pd.DataFrame, metric_key: str) -> pd.DataFrame:
@@ -355,7 +373,8 @@ def upload_to_wandb(pngs: Sequence[Path], out_dir: Path, settings: dict[str, Any
 
 
 # ---------------------------------------------------------------------- entry point
-def plot(path: str | Path, out_dir: str | Path | None = None, metric_key: str = "test",
+def plot(path: str | Path | Sequence[str | Path], out_dir: str | Path | None = None,
+         metric_key: str = "test",
          wandb: str = "auto", aggregated: dict[str, Any] | None = None) -> dict[str, Path]:
     """Make every figure the data allows; returns ``{figure name: PNG path}`` (plus ``wandb``:
     the W&B run folder when uploaded). ``aggregated``: the tables of ``path`` already made by
@@ -383,7 +402,8 @@ def plot(path: str | Path, out_dir: str | Path | None = None, metric_key: str = 
     settings = wandb_settings(config)
     if wandb == "on" and settings is None:
         settings = {"project": "histograph", "entity": None, "offline": False,
-                    "group": Path(path).resolve().name}
+                    "group": Path(path if isinstance(path, (str, Path)) else path[0]
+                                  ).resolve().name}
     if wandb != "off" and settings is not None and paths:
         run_dir = upload_to_wandb(list(paths.values()), out, settings, out / "summary.md")
         if run_dir is not None:
@@ -395,15 +415,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m histograph.analysis.plot <dir> [--out DIR] [--metric test|val] [--wandb MODE]``."""
     parser = argparse.ArgumentParser(prog="python -m histograph.analysis.plot",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("path", help="a sweep dir (job folders below it) or an aggregated dir "
-                                     "(jobs.csv + diagnostics.json)")
+    parser.add_argument("path", nargs="+",
+                        help="a sweep dir (job folders below it) or an aggregated dir (jobs.csv "
+                             "+ diagnostics.json); several are merged (then --out is required)")
     parser.add_argument("--out", default=None, help="folder for tables and PNGs (default: path)")
     parser.add_argument("--metric", default="test", help="test (default) or val")
     parser.add_argument("--wandb", default="auto",
                         help="auto (when the jobs logged to W&B), on, or off")
     args = parser.parse_args(argv)
     try:
-        paths = plot(args.path, args.out, args.metric, args.wandb)
+        paths = plot(args.path[0] if len(args.path) == 1 else args.path, args.out, args.metric,
+                     args.wandb)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
