@@ -66,7 +66,7 @@ def results_record(cfg: DictConfig, *, dm: Any, network: Any, lit: Any, trainer:
         "epochs": int(trainer.current_epoch),
         "val": history["val"][selected] if has_val else None,
         "test": float(tested[f"test/{data.metric}"]),
-        **collapse_verdict(history, selected),  # collapsed, collapsed_from, ..._at_selected
+        **collapse_verdict(history, selected),  # collapsed, collapsed_from, ..., collapse_signal
         "history": history,
         "layer_weights": lit.test_layer_weights,
         "num_params": sum(p.numel() for p in model.parameters()),
@@ -91,10 +91,12 @@ def results_record(cfg: DictConfig, *, dm: Any, network: Any, lit: Any, trainer:
         advice = collapse_advice(cfg.optimizer.get("lr"), record["readout"], record["layers"],
                                  record["collapse_cause"], mad[-1] if mad else None,
                                  cfg.readout.get("pool"))
-        log.warning("%s collapsed: from epoch %d its predictions are (nearly) all one class or "
-                    "its training loss stays at the class prior's entropy; the reported test "
-                    "figure is a constant predictor's. %s (docs/training.md)",
-                    record["run_name"], record["collapsed_from"], advice)
+        what = ("its predictions are (nearly) all one class; the reported test figure is a "
+                "constant predictor's" if record["collapse_signal"] == "one_class" else
+                "its training loss stays at the class prior's entropy: it learnt almost "
+                "nothing, though its predictions still vary")
+        log.warning("%s collapsed: from epoch %d %s. %s (docs/training.md)",
+                    record["run_name"], record["collapsed_from"], what, advice)
     return record
 
 
@@ -112,7 +114,9 @@ def summary_line(record: dict[str, Any], path: str | os.PathLike) -> str:
     test acc 0.89  -> <path>``."""
     metric = record["metric"]
     val = f"val {metric} {record['val']:.4f}, " if record.get("val") is not None else ""
-    flag = (f"  COLLAPSED from epoch {record['collapsed_from']} (one class)"
+    signal = {"one_class": "one class", "loss_at_prior": "loss at the class prior"}.get(
+        record.get("collapse_signal") or "one_class")
+    flag = (f"  COLLAPSED from epoch {record['collapsed_from']} ({signal})"
             if record.get("collapsed") else "")
     relative = os.path.relpath(path)  # the run folder as seen from where the user stands
     path = path if relative.startswith("..") else relative

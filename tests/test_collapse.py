@@ -26,15 +26,20 @@ def test_verdict_flags_the_final_collapsed_stretch_only():
     # healthy at the end (an early one-class round is not a collapse)
     h = _history([1.0, 0.7, 0.6], 0.65, [1.0, 0.6, 0.5])
     assert collapse_verdict(h, selected=2) == {"collapsed": False, "collapsed_from": None,
-                                                "collapsed_at_selected": False}
+                                                "collapsed_at_selected": False,
+                                                "collapse_signal": None}
     # learns, then diverges to one class from epoch 2; the selected epoch 1 is still healthy
     h = _history([0.7, 0.6, 1.0, 1.0, 1.0], 0.65, [0.8, 0.6, 1.0, 1.0, 1.0])
     assert collapse_verdict(h, selected=1) == {"collapsed": True, "collapsed_from": 2,
-                                                "collapsed_at_selected": False}
+                                                "collapsed_at_selected": False,
+                                                "collapse_signal": "one_class"}
     # two one-class rounds at the end are not yet a collapse (three are needed)
     h = _history([0.7, 0.6, 0.6, 1.0, 1.0], 0.65, [0.8, 0.6, 0.6, 1.0, 1.0])
     assert collapse_verdict(h, selected=1)["collapsed"] is False
-    # the loss at the prior's entropy is a collapse even when predictions are mixed
+    # the loss at the prior's entropy is a collapse even when predictions are mixed, and the
+    # verdict says so (its figures are not a constant predictor's)
+    h = _history([0.7, 0.6, 0.97, 0.7, 0.6], 0.65, [0.8, 0.7, 1.0, 0.995, 0.993])
+    assert collapse_verdict(h, selected=1)["collapse_signal"] == "loss_at_prior"
     assert collapsed_round(0.6, 0.6, 1.0) and not collapsed_round(0.6, 0.6, 0.9)
     # a split that is itself 97% one class: one-class predictions alone are not a collapse
     assert not collapsed_round(1.0, 0.97, 0.5)
@@ -86,6 +91,8 @@ def test_a_run_built_to_collapse_is_flagged(cfg_factory, capsys, caplog):
     assert res["collapse_cause"] in ("optimisation", "over_smoothing")
     h = res["history"]  # diverged: one class, or a training loss no better than the prior's
     assert h["pred_majority"][-1] >= 0.95 or h["loss_vs_prior"][-1] >= 0.99
+    assert res["collapse_signal"] == ("one_class" if h["pred_majority"][-1] >= 0.95
+                                      else "loss_at_prior")
     assert "COLLAPSED from epoch" in capsys.readouterr().out
     assert any("collapsed" in r.message and "optimizer.lr" in r.message for r in caplog.records)
 

@@ -55,6 +55,7 @@ import yaml
 
 from histograph.errors import UserError
 from histograph.keys import is_result_key
+from histograph.training.collapse import collapse_signal
 from histograph.utils import atomic_write_text
 
 log = logging.getLogger("histograph")
@@ -62,7 +63,8 @@ log = logging.getLogger("histograph")
 #: ``results.json`` scalars copied into ``jobs.csv``.
 RESULT_SCALARS = ("dataset", "model", "readout", "layers", "hidden", "seed", "fold", "protocol",
                   "metric", "selected_epoch", "epochs", "val", "test", "collapsed",
-                  "collapsed_from", "collapsed_at_selected", "collapse_cause", "num_params",
+                  "collapsed_from", "collapsed_at_selected", "collapse_cause",
+                  "collapse_signal", "num_params",
                   "wall_time_s", "mode", "selection")
 #: A run whose selected epoch lies in the last this share of its epochs was still improving on
 #: validation when it stopped: more epochs may change its figure (issue 12 asks that studies say
@@ -324,6 +326,9 @@ def collect_jobs(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str], dict[s
                     record[name] = value
             else:
                 record[name] = value
+        if results and results.get("collapsed") and record.get("collapse_signal") is None:
+            # results.json from before the signal was recorded: read it off the history
+            record["collapse_signal"] = collapse_signal(results.get("history") or {})
         # the last history entry's MAD: near 0 when the stack is over-smoothed
         record["mad_last"] = ((results.get("mad") or [None])[-1] if results else None)
         record["error"] = row["error"]

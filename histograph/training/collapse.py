@@ -95,26 +95,61 @@ def round_values(train: Tensor, train_loss: float | None) -> dict[str, float]:
             else math.nan}
 
 
-def collapsed_round(pred_majority: float, label_majority: float, loss_vs_prior: float) -> bool:
-    """Whether one round is collapsed (see the module docstring)."""
+def round_flags(pred_majority: float, label_majority: float, loss_vs_prior: float
+                ) -> tuple[bool, bool]:
+    """``(one_class, at_prior)`` of one round: which of the two tests (module docstring) holds."""
     one_class = pred_majority >= MAJORITY and label_majority < MAJORITY
     at_prior = not math.isnan(loss_vs_prior) and loss_vs_prior >= LOSS_RATIO
-    return one_class or at_prior
+    return one_class, at_prior
+
+
+def collapsed_round(pred_majority: float, label_majority: float, loss_vs_prior: float) -> bool:
+    """Whether one round is collapsed (see the module docstring)."""
+    return any(round_flags(pred_majority, label_majority, loss_vs_prior))
+
+
+def _flags(history: dict[str, list[float]]) -> list[tuple[bool, bool]] | None:
+    """Per round :func:`round_flags` (``None`` without class counts: multi-label tasks)."""
+    if not all(history.get(k) for k in KEYS):
+        return None
+    return [round_flags(*values) for values in zip(*(history[k] for k in KEYS))]
+
+
+def _final_stretch(flags: list[tuple[bool, bool]]) -> tuple[int, bool]:
+    """First round of the final stretch of collapsed rounds, and whether it is a collapse."""
+    start = len(flags)
+    while start > 0 and any(flags[start - 1]):
+        start -= 1
+    return start, start < len(flags) and len(flags) - start >= min(ROUNDS, len(flags))
+
+
+def collapse_signal(history: dict[str, list[float]]) -> str | None:
+    """Which test holds a collapsed run down: ``"one_class"`` when every round of its final
+    collapsed stretch predicts (nearly) one class, else ``"loss_at_prior"`` (the training loss
+    stayed at the prior's entropy while the predictions still varied: the model learnt almost
+    nothing, but its figures are not a constant predictor's); ``None`` when not collapsed."""
+    flags = _flags(history)
+    if flags is None:
+        return None
+    start, collapsed = _final_stretch(flags)
+    if not collapsed:
+        return None
+    return "one_class" if all(one for one, _ in flags[start:]) else "loss_at_prior"
 
 
 def collapse_verdict(history: dict[str, list[float]], selected: int) -> dict[str, Any]:
-    """``collapsed``, ``collapsed_from`` (trainer epoch) and ``collapsed_at_selected`` of a run's
-    history (``None`` when the history has no class counts: multi-label tasks)."""
-    if not all(history.get(k) for k in KEYS):
-        return {"collapsed": None, "collapsed_from": None, "collapsed_at_selected": None}
-    flags = [collapsed_round(*values) for values in zip(*(history[k] for k in KEYS))]
-    start = len(flags)
-    while start > 0 and flags[start - 1]:
-        start -= 1
-    collapsed = start < len(flags) and len(flags) - start >= min(ROUNDS, len(flags))
+    """``collapsed``, ``collapsed_from`` (trainer epoch), ``collapsed_at_selected`` and
+    ``collapse_signal`` (:func:`collapse_signal`) of a run's history (``None`` when the history
+    has no class counts: multi-label tasks)."""
+    flags = _flags(history)
+    if flags is None:
+        return {"collapsed": None, "collapsed_from": None, "collapsed_at_selected": None,
+                "collapse_signal": None}
+    start, collapsed = _final_stretch(flags)
     return {"collapsed": collapsed,
             "collapsed_from": int(history["epoch"][start]) if collapsed else None,
-            "collapsed_at_selected": flags[selected]}
+            "collapsed_at_selected": any(flags[selected]),
+            "collapse_signal": collapse_signal(history)}
 
 
 def collapse_cause(collapsed: bool | None, mad: list[float] | None,

@@ -85,7 +85,8 @@ def summary_values(record: dict[str, Any]) -> dict[str, Any]:
     return {"selected/epoch": record["selected_epoch"], "selected/val": record["val"],
             "selected/test": record["test"], "selected/metric": record["metric"],
             "collapsed": record.get("collapsed"), "collapsed_from": record.get("collapsed_from"),
-            "collapse_cause": record.get("collapse_cause"), "num_params": record["num_params"],
+            "collapse_cause": record.get("collapse_cause"),
+            "collapse_signal": record.get("collapse_signal"), "num_params": record["num_params"],
             "dataset": record["dataset"], "model": record["model"], "readout": record["readout"],
             "layers": record["layers"], "fold": record["fold"], "seed": record["seed"],
             "protocol": record["protocol"]}
