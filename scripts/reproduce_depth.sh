@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Issue 12's depth study at the default recipe (Adam 1e-3): does a readout over the whole history
+# keep a deep, plain (no residual) stack usable? GIN and GCN at depths 2/8/32/64, readouts mean /
+# jk_cat / histograph, holdout protocol (epoch selected on validation), folds 0-2
+# (experiment=depth_sweep). Tables and plots: results/depth/<dataset>_recipe/.
+#   scripts/reproduce_depth.sh                    # PROTEINS and NCI1, 40 epochs
+#   DATASETS=proteins scripts/reproduce_depth.sh  # what results/depth/proteins_recipe ran here
+# Re-running skips finished jobs (sweep folders keyed by their settings); EXTRA adds overrides,
+# e.g. EXTRA="hydra/launcher=slurm" on a cluster or EXTRA="trainer.accelerator=gpu".
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+DATASETS=${DATASETS:-"proteins nci1"}
+EPOCHS=${EPOCHS:-40}
+FOLDS=${FOLDS:-0,1,2}
+
+for ds in $DATASETS; do
+  sweep="depth_${ds}_e${EPOCHS}"
+  "$PY" train.py -m experiment=depth_sweep sweep_name="$sweep" dataset="$ds" model=gin,gcn \
+    model.layers=2,8,32,64 readout=mean,jk_cat,histograph "fold=$FOLDS" \
+    "trainer.max_epochs=$EPOCHS" threads=1 trainer.enable_progress_bar=false ${EXTRA:-}
+  "$PY" -m histograph.analysis.plot "logs/sweeps/$sweep" --out "results/depth/${ds}_recipe"
+done
