@@ -4,8 +4,13 @@
 # per outer fold on the inner validation split (nested CV, Errica et al. 2020); test read only at
 # each readout's own winner. Tables: results/tune/<name>/comparison.md (+ one summary.md per readout).
 #
-# Reduced setting behind results/README.md ("Main comparison"; ~25 min of single-thread job time):
-#   DATASET=mutag EPOCHS=50 OUTER_FOLDS='[0,1,2,3,4]' NAME=mutag_lr_f0-4_e50 scripts/reproduce_tune.sh
+# What results/README.md section 0 ran (job time on one thread: 24, 17 and 31 min):
+#   DATASET=mutag EPOCHS=100 NAME=mutag_lr_e100 scripts/reproduce_tune.sh
+#   DATASET=ptc_mr EPOCHS=50 NAME=ptc_mr_lr_e50 scripts/reproduce_tune.sh
+#   DATASET=proteins EPOCHS=50 OUTER_FOLDS='[0,1,2]' NAME=proteins_lr_f0-2_e50 scripts/reproduce_tune.sh
+# Two processes on one run dir split the work: EXTRA="tune.readouts=[mean,sum,gmt]" in one,
+# "tune.readouts=[attention,jk_cat,histograph]" in the other, then the plain command (it reuses
+# every finished job) writes the comparison.
 # Issue-12 setting, one dataset per call (10 outer folds below 1,000 graphs, 3 above):
 #   for d in mutag ptc_mr; do DATASET=$d EPOCHS=100 scripts/reproduce_tune.sh; done
 #   for d in proteins nci1 imdb_binary imdb_multi; do DATASET=$d EPOCHS=100 OUTER_FOLDS='[0,1,2]' scripts/reproduce_tune.sh; done
