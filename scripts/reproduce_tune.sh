@@ -4,9 +4,9 @@
 # per outer fold on the inner validation split (nested CV, Errica et al. 2020); test read only at
 # each readout's own winner. Tables: results/tune/<name>/comparison.md (+ one summary.md per readout).
 #
-# What results/README.md section 0 ran (job time on one thread: 24, 17 and 31 min):
+# What results/README.md section 0 ran (job time on one thread: 24, 30 (17 at 50 epochs), 31 min):
 #   DATASET=mutag EPOCHS=100 NAME=mutag_lr_e100 scripts/reproduce_tune.sh
-#   DATASET=ptc_mr EPOCHS=50 NAME=ptc_mr_lr_e50 scripts/reproduce_tune.sh
+#   DATASET=ptc_mr EPOCHS=100 NAME=ptc_mr_lr_e100 scripts/reproduce_tune.sh   # also EPOCHS=50
 #   DATASET=proteins EPOCHS=50 OUTER_FOLDS='[0,1,2]' NAME=proteins_lr_f0-2_e50 scripts/reproduce_tune.sh
 # Two processes on one run dir split the work: EXTRA="tune.readouts=[mean,sum,gmt]" in one,
 # "tune.readouts=[attention,jk_cat,histograph]" in the other, then the plain command (it reuses
