@@ -8,9 +8,10 @@
 #   DATASET=mutag EPOCHS=100 NAME=mutag_lr_e100 scripts/reproduce_tune.sh
 #   DATASET=ptc_mr EPOCHS=100 NAME=ptc_mr_lr_e100 scripts/reproduce_tune.sh   # also EPOCHS=50
 #   DATASET=proteins EPOCHS=50 OUTER_FOLDS='[0,1,2]' NAME=proteins_lr_f0-2_e50 scripts/reproduce_tune.sh
-# Two processes on one run dir split the work: EXTRA="tune.readouts=[mean,sum,gmt]" in one,
-# "tune.readouts=[attention,jk_cat,histograph]" in the other, then the plain command (it reuses
-# every finished job) writes the comparison.
+# Two processes on one run dir split the work (what ran there): EXTRA="tune.readouts=[mean,sum,gmt]"
+# in one, "tune.readouts=[attention,jk_cat,histograph]" in the other; their job folders are
+# disjoint, but each writes the run dir's comparison.md (its own readouts only) and .hydra/, so
+# finish with the plain command: it reuses every finished job and writes the whole comparison.
 # Issue-12 setting, one dataset per call (10 outer folds below 1,000 graphs, 3 above):
 #   for d in mutag ptc_mr; do DATASET=$d EPOCHS=100 scripts/reproduce_tune.sh; done
 #   for d in proteins nci1 imdb_binary imdb_multi; do DATASET=$d EPOCHS=100 OUTER_FOLDS='[0,1,2]' scripts/reproduce_tune.sh; done

@@ -369,8 +369,9 @@ def load_jobs(path: str | Path) -> tuple[pd.DataFrame, list[str], dict[str, dict
     if not root.is_dir():
         raise UserError(f"{root} is not a folder; pass the multirun dir of a sweep "
                         f"(e.g. logs/sweeps/<name>) or a folder holding its jobs.csv.")
-    if find_job_dirs(root):
-        return collect_jobs(root)
+    jobs, keys, results = collect_jobs(root)  # job dirs, or the jobs its multirun.yaml expects
+    if not jobs.empty:
+        return jobs, keys, results
     if (root / "jobs.csv").is_file():
         jobs = pd.read_csv(root / "jobs.csv")
         return jobs, keys_of_table(jobs.columns), {}

@@ -123,18 +123,16 @@ def _final_stretch(flags: list[tuple[bool, bool]]) -> tuple[int, bool]:
     return start, start < len(flags) and len(flags) - start >= min(ROUNDS, len(flags))
 
 
+def _signal(flags: list[tuple[bool, bool]], start: int) -> str:
+    return "one_class" if all(one for one, _ in flags[start:]) else "loss_at_prior"
+
+
 def collapse_signal(history: dict[str, list[float]]) -> str | None:
     """Which test holds a collapsed run down: ``"one_class"`` when every round of its final
     collapsed stretch predicts (nearly) one class, else ``"loss_at_prior"`` (the training loss
     stayed at the prior's entropy while the predictions still varied: the model learnt almost
     nothing, but its figures are not a constant predictor's); ``None`` when not collapsed."""
-    flags = _flags(history)
-    if flags is None:
-        return None
-    start, collapsed = _final_stretch(flags)
-    if not collapsed:
-        return None
-    return "one_class" if all(one for one, _ in flags[start:]) else "loss_at_prior"
+    return collapse_verdict(history, 0)["collapse_signal"] if _flags(history) else None
 
 
 def collapse_verdict(history: dict[str, list[float]], selected: int) -> dict[str, Any]:
@@ -149,7 +147,7 @@ def collapse_verdict(history: dict[str, list[float]], selected: int) -> dict[str
     return {"collapsed": collapsed,
             "collapsed_from": int(history["epoch"][start]) if collapsed else None,
             "collapsed_at_selected": any(flags[selected]),
-            "collapse_signal": collapse_signal(history)}
+            "collapse_signal": _signal(flags, start) if collapsed else None}
 
 
 def collapse_cause(collapsed: bool | None, mad: list[float] | None,
