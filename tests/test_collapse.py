@@ -49,7 +49,10 @@ def test_verdict_flags_the_final_collapsed_stretch_only():
 
 def test_the_advice_names_the_likely_fix():
     assert "Lower optimizer.lr" in collapse_advice(0.01, "histograph", 4)  # docs/training.md
-    assert "readout.pool=mean" in collapse_advice(1e-3, "jk_max", 64, pool="sum")  # deep JK
+    assert "readout.pool=mean" in collapse_advice(1e-3, "jk_cat", 64, pool="sum")  # deep JK-cat
+    # JK-max: mean pooling fixed none of its flagged cells, a residual backbone all of them
+    jk_max = collapse_advice(1e-3, "jk_max", 64, pool="sum")
+    assert "model.residual=true" in jk_max and "readout.pool" not in jk_max
     assert "model.residual=true" in collapse_advice(1e-3, "jk_cat", 64, pool="mean")
     assert "model.residual=true" in collapse_advice(1e-3, "mean", 64)  # over-smoothed stack
     assert "more epochs" in collapse_advice(1e-3, "histograph_stage1", 4)

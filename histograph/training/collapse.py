@@ -176,13 +176,16 @@ def collapse_advice(lr: float | None, readout: str, layers: int, cause: str | No
                 f"{mad_last:.3f} < {OVERSMOOTHED_MAD}) and this readout sees only that layer: "
                 f"use model.residual=true, fewer layers, or a readout over the whole history "
                 f"(readout=histograph).")
-    if readout.startswith("jk") and layers >= 32 and pool == "sum":
+    if readout.startswith("jk") and readout != "jk_max" and layers >= 32 and pool == "sum":
         return ("At this learning rate a sum-pooled JK readout over a deep stack is the likely "
                 "cause: try readout.pool=mean.")
     if readout.startswith("jk") and layers >= 32:
+        # jk_max: mean pooling fixed none of its flagged cells (and flagged one more), while
+        # model.residual=true left none flagged, NCI1's only weakly trained (docs/training.md,
+        # "JK pooling" and the probe of the residual fix).
         return (f"At this learning rate a JK readout over {layers} plain layers may not train "
-                f"(jk_max collapsed on plain GCN-64 under every probe): try model.residual=true "
-                f"or readout=histograph.")
+                f"(jk_max collapsed on plain GCN-64 under every probe but a residual backbone): "
+                f"try model.residual=true or readout=histograph.")
     if layers >= 32:
         return (f"At this learning rate a {layers}-layer stack may be over-smoothed (`mad` of "
                 f"its last layer near 0 in results.json) or leave the prior late: try more "
