@@ -12,6 +12,7 @@
 # What section 0b ran (code 67e8266; job time 3,852 s, 1,859 s (897 s at 50), 2,306 s (1,001 s at 50)):
 #   DATASET=nci1 EPOCHS=50 OUTER_FOLDS='[0,1,2]' NAME=nci1_lr_f0-2_e50 scripts/reproduce_tune.sh
 #   DATASET=nci1 EPOCHS=100 OUTER_FOLDS='[0,1,2]' NAME=nci1_lr_f0-2_e100 scripts/reproduce_tune.sh  # code c95d4dc, 56 min wall
+#   DATASET=nci1 EPOCHS=150 OUTER_FOLDS='[0,1,2]' NAME=nci1_lr_f0-2_e150 scripts/reproduce_tune.sh  # code 03fcceb, 11,019 s, 95 min wall
 #   DATASET=imdb_binary EPOCHS=100 OUTER_FOLDS='[0,1,2]' NAME=imdb_binary_lr_f0-2_e100 scripts/reproduce_tune.sh
 #   DATASET=imdb_multi EPOCHS=100 OUTER_FOLDS='[0,1,2]' NAME=imdb_multi_lr_f0-2_e100 scripts/reproduce_tune.sh
 # Two processes on one run dir split the work (what ran there): EXTRA="tune.readouts=[mean,sum,gmt]"
