@@ -9,6 +9,7 @@
 #   DATASET=ptc_mr EPOCHS=100 NAME=ptc_mr_lr_e100 scripts/reproduce_tune.sh   # also EPOCHS=50
 #   DATASET=proteins EPOCHS=50 OUTER_FOLDS='[0,1,2]' NAME=proteins_lr_f0-2_e50 scripts/reproduce_tune.sh
 #   DATASET=proteins EPOCHS=100 OUTER_FOLDS='[0,1,2]' NAME=proteins_lr_f0-2_e100 scripts/reproduce_tune.sh  # code 03fcceb, 2,912 s
+#   DATASET=proteins EPOCHS=100 OUTER_FOLDS='[0,1,2,3,4,5]' NAME=proteins_lr_f0-5_e100 scripts/reproduce_tune.sh  # 6,085 s in all
 # What section 0b ran (code 67e8266; job time 3,852 s, 1,859 s (897 s at 50), 2,306 s (1,001 s at 50)):
 #   DATASET=nci1 EPOCHS=50 OUTER_FOLDS='[0,1,2]' NAME=nci1_lr_f0-2_e50 scripts/reproduce_tune.sh
 #   DATASET=nci1 EPOCHS=100 OUTER_FOLDS='[0,1,2]' NAME=nci1_lr_f0-2_e100 scripts/reproduce_tune.sh  # code c95d4dc, 56 min wall
