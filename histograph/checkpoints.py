@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 import lightning.pytorch as pl
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from histograph.errors import UserError
 from histograph.keys import flatten, result_config
@@ -176,6 +176,11 @@ def resume_point(cfg: DictConfig, output_dir: str | os.PathLike,
     ckpt = load_checkpoint(last, "checkpoint to resume from")
     changes = check_resume(ckpt, last, run_config(cfg), module, force=mode == "force")
     epoch = int(ckpt.get("epoch", -1))
+    max_epochs = OmegaConf.select(cfg, "trainer.max_epochs")
+    if changes and max_epochs is not None and 0 <= int(max_epochs) < epoch + 1:
+        raise UserError(f"{last} has already trained {epoch + 1} epochs, more than "
+                        f"trainer.max_epochs={max_epochs}; raise trainer.max_epochs to continue "
+                        f"it, or pass resume=false to train from scratch.")
     log_entries = list(ckpt.get(CHANGES_KEY) or [])
     if changes:
         log.warning("resume=force: continuing %s from epoch %d with changed settings: %s", last,

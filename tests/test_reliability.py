@@ -193,6 +193,33 @@ def test_resume_refuses_changed_settings_unless_forced(cfg_factory, tmp_path):
         run(cfg_factory([*TINY, "resume=maybe"], output_dir=tmp_path / "other"))
 
 
+def test_forced_resume_extends_a_finished_sweep_job_exactly(cfg_factory, tmp_path):
+    """More epochs for a finished sweep or nested job: ``resume=force`` continues it from its
+    last.ckpt (no retraining from scratch) and ends exactly where a fresh run of that length
+    ends (the step schedule does not depend on max_epochs; RNG states are in the checkpoint)."""
+    from histograph.sweeps import jobs
+
+    job = tmp_path / "job"
+    jobs.run_job(cfg_factory([*TINY, "trainer.max_epochs=2"], output_dir=job), run, [])
+    longer = [*TINY, "trainer.max_epochs=4"]
+    out = jobs.run_job(cfg_factory([*longer, "resume=force"], output_dir=job), run, longer)
+    fresh = run(cfg_factory(longer, output_dir=tmp_path / "fresh"))
+    assert out.status == "done"
+    same = ("selected_epoch", "epochs", "val", "test", "history", "layer_weights")
+    assert {k: out.results[k] for k in same} == {k: fresh[k] for k in same}
+    assert out.results["config_changes"][0]["changes"]["trainer.max_epochs"] == [2, 4]
+    (old,) = (job / "superseded").glob("*/results.json")  # the 2-epoch result, kept aside
+    assert json.loads(old.read_text())["epochs"] == 2
+    assert json.loads((job / "done.json").read_text())["epochs"] == 4
+    again = jobs.run_job(cfg_factory([*longer, "resume=force"], output_dir=job), run, longer)
+    assert again.status == "skipped"
+    # a forced resume cannot shorten a run: one sentence, nothing trained
+    with pytest.raises(UserError, match="already trained 4 epochs, more than "
+                                        "trainer.max_epochs=3"):
+        run(cfg_factory([*TINY, "trainer.max_epochs=3", "resume=force"],
+                        output_dir=tmp_path / "fresh"))
+
+
 # ---------------------------------------------------------------------- epochs and replicates
 def test_epochs_count_training_epochs_not_validation_rounds(cfg_factory):
     res = run(cfg_factory([*TINY, "trainer.max_epochs=4", "trainer.check_val_every_n_epoch=2"]))

@@ -13,7 +13,9 @@
   re-raise the first failure when the sweep ends, skipping the ``on_multirun_end`` aggregation);
 * a finished job whose result config changed since (e.g. an edited experiment preset) is not
   silently kept: its outputs move to ``superseded/<UTC time>/`` and the job trains again; so does
-  an unfinished one whose ``last.ckpt`` came from another config;
+  an unfinished one whose ``last.ckpt`` came from another config. With ``resume=force`` both
+  continue from their ``last.ckpt`` instead (more epochs for a finished sweep: the change is
+  recorded in ``results.json``; only the earlier results and markers move aside);
 * a job stopped by a signal (:class:`~histograph.training.interrupt.RunInterrupted`) leaves
   ``interrupted.json`` (no ``failed.json``: it is resumable) and every later job of the same
   process is not started, so that the sweep ends, writes its summary and exits non-zero
@@ -203,12 +205,18 @@ def one_line(exc: BaseException) -> str:
     return message if isinstance(exc, UserError) else f"{type(exc).__name__}: {message}"
 
 
-def supersede(job_dir: str | os.PathLike) -> Path:
-    """Move a job's outputs into ``superseded/<UTC time>/`` (nothing is deleted)."""
+#: What a forced continuation (``resume=force``) keeps in place: the checkpoints it continues
+#: from and the logs that go on with the same rows (:func:`histograph.train.run`).
+CONTINUED_OUTPUTS = ("checkpoints", "csv", "wandb", "tensorboard")
+
+
+def supersede(job_dir: str | os.PathLike, keep: tuple[str, ...] = ()) -> Path:
+    """Move a job's outputs, except ``keep``, into ``superseded/<UTC time>/`` (nothing is
+    deleted)."""
     job_dir = Path(job_dir)
     target = job_dir / "superseded" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     target.mkdir(parents=True, exist_ok=True)
-    for name in JOB_OUTPUTS:
+    for name in (n for n in JOB_OUTPUTS if n not in keep):
         if (job_dir / name).exists():
             shutil.move(str(job_dir / name), str(target / name))
     return target
@@ -217,7 +225,21 @@ def supersede(job_dir: str | os.PathLike) -> Path:
 # ---------------------------------------------------------------------- the runner
 def _clear_stale(cfg: DictConfig, job_dir: Path, done: dict[str, Any] | None,
                  current: dict[str, Any]) -> None:
-    """Move aside the outputs of an earlier attempt under another result config."""
+    """Move aside the outputs of an earlier attempt under another result config.
+
+    With ``resume=force`` a job that has a ``checkpoints/last.ckpt`` continues from it under the
+    new config instead (e.g. ``trainer.max_epochs`` raised for runs that selected late): only its
+    earlier markers and ``results.json`` move aside; the run records the change
+    (:func:`histograph.checkpoints.resume_point`, ``config_changes`` in ``results.json``).
+    """
+    if cfg.get("resume", True) == "force" and (job_dir / "checkpoints" / "last.ckpt").exists():
+        if done is not None:
+            diff = describe_changes(changed_keys(done.get("config") or {}, current))
+            moved = supersede(job_dir, keep=CONTINUED_OUTPUTS)
+            log.warning("%s finished under a different config (%s); resume=force: it continues "
+                        "from its last.ckpt, the earlier results moved to %s.", job_dir, diff,
+                        moved)
+        return
     if done is not None:
         diff = describe_changes(changed_keys(done.get("config") or {}, current))
         moved = supersede(job_dir)
