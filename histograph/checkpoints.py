@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -188,3 +189,23 @@ def resume_point(cfg: DictConfig, output_dir: str | os.PathLike,
         log_entries.append({"from_epoch": epoch + 1, "changes": changes})
     log.info("Resuming from %s (written at the end of epoch %d)", last, epoch)
     return ResumePoint(str(last), epoch, log_entries)
+
+
+def check_selected_checkpoint(path: str | os.PathLike | None, epoch: int) -> None:
+    """Refuse to test a best checkpoint that is not the epoch validation selected.
+
+    ``path`` is the best checkpoint (``best-epoch=NNN.ckpt``), ``epoch`` the trainer epoch of the
+    selected validation round (:func:`histograph.training.module.selected_round`). They differ
+    only when the checkpoint callback lost its best score (e.g. a resume that Lightning did not
+    restore it for), and then the reported test would be another epoch's.
+
+    :raises UserError: naming both epochs.
+    """
+    if not path:
+        return
+    found = re.search(r"epoch=(\d+)", Path(path).name)
+    stored = int(found.group(1)) if found else load_checkpoint(path).get("epoch")
+    if stored is not None and int(stored) != int(epoch):
+        raise UserError(f"The best checkpoint {path} holds epoch {stored}, but validation "
+                        f"selected epoch {epoch}, so its test would be another epoch's; re-run "
+                        f"in a fresh run folder (hydra.run.dir=...) or with resume=false.")

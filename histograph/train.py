@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from histograph.checkpoints import resume_point
+from histograph.checkpoints import check_selected_checkpoint, resume_point
 from histograph.config import check_devices, plain, validate_config
 from histograph.diagnostics import smoothing_metrics
 from histograph.errors import UserError
@@ -104,6 +104,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             history = lit.history  # before testing, which restores the selected epoch's copy
             if not history["test"]:
                 raise UserError("Training ran no evaluation epoch; raise trainer.max_epochs.")
+            selected = selected_round(history)
+            check_selected_checkpoint(best.best_model_path, history["epoch"][selected])
             tested = trainer.test(lit, datamodule=dm, ckpt_path=best.best_model_path,
                                   verbose=False, weights_only=True)[0]
             diagnostics = task.measure(lit.model, dm, trainer)  # the selected weights
@@ -111,7 +113,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                         step=trainer.global_step)
             record = results_record(cfg, dm=dm, network=network, lit=lit, trainer=trainer,
                                     history=history, tested=tested,
-                                    selected=selected_round(history),
+                                    selected=selected,
                                     checkpoint=best.best_model_path, diagnostics=diagnostics,
                                     config_changes=resume.changes, start=start)
             publish_summary(loggers, record)  # the dashboards' keys (docs/dashboards.md)

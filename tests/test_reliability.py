@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from histograph.errors import EXIT_CTRL_C, EXIT_INTERRUPTED, UserError
 from histograph.train import run
@@ -218,6 +219,40 @@ def test_forced_resume_extends_a_finished_sweep_job_exactly(cfg_factory, tmp_pat
                                         "trainer.max_epochs=3"):
         run(cfg_factory([*TINY, "trainer.max_epochs=3", "resume=force"],
                         output_dir=tmp_path / "fresh"))
+
+
+def test_forced_resume_in_a_copied_run_folder_keeps_the_best_checkpoint(cfg_factory, tmp_path):
+    """A run folder copied elsewhere and extended (``resume=force``) restores its checkpoint
+    callbacks' best score: Lightning alone drops it when ``dirpath`` changed, and the first epoch
+    after the resume then became "best" whatever its validation; the tested weights were not the
+    selected epoch's. The continued copy ends where a fresh run of the new length ends."""
+    import shutil
+
+    from histograph.checkpoints import check_selected_checkpoint
+    from histograph.training.callbacks import FolderCheckpoint
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    run(cfg_factory([*TINY, "trainer.max_epochs=2"], output_dir=old))
+    shutil.copytree(old, new)
+    longer = [*TINY, "trainer.max_epochs=4"]
+    # what Lightning restores from the copied folder's last.ckpt
+    state = next(v for k, v in torch.load(new / "checkpoints" / "last.ckpt",
+                                          weights_only=True)["callbacks"].items()
+                 if k.startswith("ModelCheckpoint") and "val/" in k)
+    best = FolderCheckpoint(dirpath=str(new / "checkpoints"), monitor="val/acc", mode="max")
+    best.load_state_dict(state)
+    assert float(best.best_model_score) == float(state["best_model_score"])
+    assert Path(best.best_model_path).parent == new / "checkpoints"
+    assert list(best.best_k_models) == [best.best_model_path]
+    res = run(cfg_factory([*longer, "resume=force"], output_dir=new))
+    fresh = run(cfg_factory(longer, output_dir=tmp_path / "fresh"))
+    same = ("selected_epoch", "epochs", "val", "test", "history")
+    assert {k: res[k] for k in same} == {k: fresh[k] for k in same}
+    assert Path(res["checkpoint"]).parent == new / "checkpoints"
+    # and a best checkpoint of another epoch than the selected one is never tested
+    with pytest.raises(UserError, match="holds epoch 3, but validation selected epoch 1"):
+        check_selected_checkpoint(tmp_path / "best-epoch=003.ckpt", 1)
+    check_selected_checkpoint(tmp_path / "best-epoch=003.ckpt", 3)
 
 
 # ---------------------------------------------------------------------- epochs and replicates
