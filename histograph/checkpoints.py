@@ -88,6 +88,11 @@ class RunConfigCheckpoint(pl.Callback):
         checkpoint[CHANGES_KEY] = self.changes
 
 
+#: Config groups a resume takes from the checkpoint (the optimizer's param groups, the
+#: scheduler's state): a forced change of them would be recorded but not take effect.
+RESTORED_GROUPS = ("optimizer", "scheduler")
+
+
 def changed_settings(ckpt: Mapping[str, Any], config: Mapping[str, Any]
                      ) -> dict[str, list[Any]]:
     """``{key: [stored, this run's]}`` for the result keys present in both (a setting added to
@@ -104,7 +109,8 @@ def check_resume(ckpt: Mapping[str, Any], path: str | os.PathLike, config: Mappi
 
     Compares the stored result keys with this run's (:func:`changed_settings`) and the parameter
     names and shapes with ``module``'s. With ``force`` a settings change is allowed (and
-    returned, to be recorded); a different model never is.
+    returned, to be recorded), except of the optimizer or scheduler (:data:`RESTORED_GROUPS`:
+    the resume restores them, the change would not take effect); a different model never is.
 
     :returns: the changed settings (empty unless ``force``).
     :raises UserError: naming the first differences and how to proceed.
@@ -118,6 +124,12 @@ def check_resume(ckpt: Mapping[str, Any], path: str | os.PathLike, config: Mappi
         more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
         raise UserError(f"{path} belongs to a different run: it was written with "
                         f"{', '.join(diff[:3])}{more}; {fix}.")
+    restored = [k for k in changes if k.split(".")[0] in RESTORED_GROUPS]
+    if restored:
+        raise UserError(f"{path} cannot continue with other {', '.join(restored[:3])}: a resume "
+                        f"restores the optimizer and the scheduler from the checkpoint, so the "
+                        f"new value would be recorded but not used; pass resume=false (or use a "
+                        f"fresh run folder) to train with it.")
     own = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
     problems = [f"missing {k}" for k in own if k not in theirs]

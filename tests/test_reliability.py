@@ -190,6 +190,11 @@ def test_resume_refuses_changed_settings_unless_forced(cfg_factory, tmp_path):
     assert entry["from_epoch"] == 2
     assert entry["changes"]["trainer.max_epochs"] == [2, 4]
     assert entry["changes"]["trainer.gradient_clip_val"] == [None, 1.0]
+    # the optimizer and scheduler come back from the checkpoint: a forced lr change would be
+    # recorded but not used, so it is refused
+    with pytest.raises(UserError, match="cannot continue with other optimizer.lr"):
+        run(cfg_factory([*TINY, "trainer.max_epochs=6", "optimizer.lr=0.5", "resume=force"],
+                        output_dir=out))
     with pytest.raises(UserError, match="resume must be true, false or force"):
         run(cfg_factory([*TINY, "resume=maybe"], output_dir=tmp_path / "other"))
 
