@@ -14,6 +14,7 @@
 #   DATASET=nci1 EPOCHS=50 OUTER_FOLDS='[0,1,2]' NAME=nci1_lr_f0-2_e50 scripts/reproduce_tune.sh
 #   DATASET=nci1 EPOCHS=100 OUTER_FOLDS='[0,1,2]' NAME=nci1_lr_f0-2_e100 scripts/reproduce_tune.sh  # code c95d4dc, 56 min wall
 #   DATASET=nci1 EPOCHS=150 OUTER_FOLDS='[0,1,2]' NAME=nci1_lr_f0-2_e150 scripts/reproduce_tune.sh  # code 03fcceb, 11,019 s, 95 min wall
+#   DATASET=nci1 EPOCHS=250 OUTER_FOLDS='[0,1,2]' NAME=nci1_lr_f0-2_e250 RUN_DIR=logs/tune/nci1_lr_f0-2_e150 EXTRA=resume=force scripts/reproduce_tune.sh  # code 44c312e: continues the 150-epoch jobs to 250 (exactly a fresh 250-epoch run; +100 epochs of job time only)
 #   DATASET=imdb_binary EPOCHS=100 OUTER_FOLDS='[0,1,2]' NAME=imdb_binary_lr_f0-2_e100 scripts/reproduce_tune.sh
 #   DATASET=imdb_multi EPOCHS=100 OUTER_FOLDS='[0,1,2]' NAME=imdb_multi_lr_f0-2_e100 scripts/reproduce_tune.sh
 # Two processes on one run dir split the work (what ran there): EXTRA="tune.readouts=[mean,sum,gmt]"
