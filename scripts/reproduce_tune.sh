@@ -23,7 +23,8 @@
 # finish with the plain command: it reuses every finished job and writes the whole comparison.
 # Issue-12 setting, one dataset per call (10 outer folds below 1,000 graphs, 3 above):
 #   for d in mutag ptc_mr; do DATASET=$d EPOCHS=100 scripts/reproduce_tune.sh; done
-#   for d in proteins nci1 imdb_binary imdb_multi; do DATASET=$d EPOCHS=100 OUTER_FOLDS='[0,1,2]' scripts/reproduce_tune.sh; done
+#   for d in proteins imdb_binary imdb_multi; do DATASET=$d EPOCHS=100 OUTER_FOLDS='[0,1,2]' scripts/reproduce_tune.sh; done
+#   DATASET=nci1 EPOCHS=250 OUTER_FOLDS='[0,1,2]' scripts/reproduce_tune.sh  # NCI1 selects late below 250
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 DATASET=${DATASET:-mutag}

@@ -28,7 +28,6 @@ def relocate_state(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
     def move(path: Any) -> Any:
         inside = isinstance(path, str) and (path == old or path.startswith(old + os.sep))
         return new + path[len(old):] if inside else path
-        return path
 
     out = dict(state, dirpath=new)
     for key in _PATH_KEYS:
