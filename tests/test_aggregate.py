@@ -286,3 +286,18 @@ def test_sweeps_in_pieces_merge_into_one_table(holdout_sweep, tmp_path, capsys):
         "status", "job_dir", "dataset", "readout", "fold"]
     assert main([str(first), str(rest)]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_failed_job_errors_name_paths_relative_to_the_sweep(tmp_path):
+    """A committed incomplete.csv must not carry the absolute folder the job first ran in."""
+    root = tmp_path / "sweep"
+    root.mkdir()
+    name = "model.layers=64,readout=jk_cat"
+    _job(root, name, ["model.layers=64", "readout=jk_cat"],
+         failed=f"the gradients became infinite; the last good checkpoint is "
+                f"/elsewhere/run-s19/logs/sweeps/x/{name}/checkpoints/last.ckpt, written before. "
+                f"Lower optimizer.lr (see /usr/lib/python3/x.py)\nsecond line")
+    error = aggregate(root)["jobs"].iloc[0]["error"]
+    assert error == (f"the gradients became infinite; the last good checkpoint is "
+                     f"{name}/checkpoints/last.ckpt, written before. "
+                     f"Lower optimizer.lr (see /usr/lib/python3/x.py)")

@@ -44,6 +44,7 @@ import functools
 import json
 import logging
 import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,7 +269,7 @@ def _job_record(job_dir: Path, root: Path) -> tuple[dict[str, Any], list[str], d
         failure = _read_json(job_dir / "failed.json") or {}
         row["status"] = "failed"
         error = str(failure.get("error") or "failed (no message)").strip()
-        row["error"] = error.splitlines()[0] if error else "failed"
+        row["error"] = _relative_paths(error.splitlines()[0], job_dir, rel) if error else "failed"
     elif (job_dir / "interrupted.json").is_file():
         stop = _read_json(job_dir / "interrupted.json") or {}
         row["status"] = "interrupted"
@@ -277,6 +278,17 @@ def _job_record(job_dir: Path, root: Path) -> tuple[dict[str, Any], list[str], d
     else:
         row["error"] = "no results.json (never finished: killed, or still running)"
     return row, [str(o) for o in overrides], results
+
+
+def _relative_paths(message: str, job_dir: Path, rel: str) -> str:
+    """``message`` with every absolute path into the job's folder written relative to the sweep.
+
+    Error messages name files by absolute path (``.../<job>/checkpoints/last.ckpt``); copied into
+    committed tables they would name the machine and the folder the job first ran in, which may
+    since have moved. Matched by the job folder's own name, so a moved folder is caught too.
+    """
+    pattern = r"(?<![\w.])/(?:[^\s/]+/)*" + re.escape(job_dir.name) + r"(?=/|\s|$|[,;:)])"
+    return re.sub(pattern, lambda _: rel, message)
 
 
 def collect_jobs(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str], dict[str, dict]]:
