@@ -75,3 +75,9 @@ def test_a_run_with_warmup_trains_and_checkpoints_its_schedule(cfg_factory, tmp_
     (state,) = ckpt["lr_schedulers"]
     # three epochs stepped: the fourth would run at 0.002 * (0.01 + 0.99 * 3/4)
     assert state["_last_lr"][0] == pytest.approx(0.002 * (0.01 + 0.99 * 0.75))
+    # and the CSV log holds the rate each epoch ran at
+    import pandas as pd
+
+    metrics = pd.read_csv(tmp_path / "run" / "csv" / "metrics.csv")
+    logged = metrics.dropna(subset=["train/lr"]).set_index("epoch")["train/lr"]
+    assert logged.index.tolist() == [0, 1, 2] and logged.tolist() == pytest.approx([0.002 * (0.01 + 0.99 * e / 4) for e in range(3)])

@@ -63,6 +63,21 @@ class FolderCheckpoint(ModelCheckpoint):
         super().load_state_dict(state_dict)
 
 
+class LearningRateLog(pl.Callback):
+    """Log the learning rate each epoch runs at (``train/lr``, the first parameter group's).
+
+    Lightning's :class:`~lightning.pytorch.callbacks.LearningRateMonitor` logs it on rows without
+    an epoch, which a resumed run's CSV log (:mod:`histograph.training.csv_logger`) drops as
+    "logged after training"; logged from the module at the start of the epoch, the value lands on
+    the epoch's row in every logger.
+    """
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.optimizers:
+            pl_module.log("train/lr", float(trainer.optimizers[0].param_groups[0]["lr"]),
+                          on_step=False, on_epoch=True)
+
+
 def build_callbacks(cfg: DictConfig, output_dir: Path, monitor: str | None,
                     flag: SignalFlag, config_changes: list[dict[str, Any]]
                     ) -> tuple[list[pl.Callback], ModelCheckpoint]:
@@ -78,6 +93,7 @@ def build_callbacks(cfg: DictConfig, output_dir: Path, monitor: str | None,
       checkpoint (exact, checked resume);
     * the non-finite loss/gradient guard, and the stop at the next batch once ``flag`` holds a
       signal (:mod:`histograph.training.interrupt`);
+    * each epoch's learning rate in the logs (:class:`LearningRateLog`);
     * the configured ones (``cfg.callbacks``, e.g. early stopping).
     """
     folder = str(output_dir / "checkpoints")
@@ -87,4 +103,5 @@ def build_callbacks(cfg: DictConfig, output_dir: Path, monitor: str | None,
                            enable_version_counter=False)
     configured = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     return [best, last, RNGStateCheckpoint(), FiniteLossGuard(), StopOnSignal(flag),
-            RunConfigCheckpoint(run_config(cfg), config_changes), *configured], best
+            RunConfigCheckpoint(run_config(cfg), config_changes), LearningRateLog(),
+            *configured], best
