@@ -75,7 +75,7 @@ class LearningRateLog(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.optimizers:
             pl_module.log("train/lr", float(trainer.optimizers[0].param_groups[0]["lr"]),
-                          on_step=False, on_epoch=True)
+                          on_step=False, on_epoch=True, sync_dist=True)  # same on every rank
 
 
 def build_callbacks(cfg: DictConfig, output_dir: Path, monitor: str | None,
