@@ -11,6 +11,7 @@
 #   DATASET=proteins EPOCHS=100 OUTER_FOLDS='[0,1,2]' NAME=proteins_lr_f0-2_e100 scripts/reproduce_tune.sh  # code 03fcceb, 2,912 s
 #   DATASET=proteins EPOCHS=100 OUTER_FOLDS='[0,1,2,3,4,5]' NAME=proteins_lr_f0-5_e100 scripts/reproduce_tune.sh  # 6,085 s in all
 #   DATASET=proteins EPOCHS=100 OUTER_FOLDS='[0,1,2,3,4,5,6,7,8,9]' NAME=proteins_lr_f0-9_e100 scripts/reproduce_tune.sh  # 10,619 s in all
+#   DATASET=proteins EPOCHS=150 OUTER_FOLDS='[0,1,2,3,4,5,6,7,8,9]' NAME=proteins_lr_f0-9_e150 RUN_DIR=logs/tune/proteins_lr_f0-9_e100 EXTRA=resume=force scripts/reproduce_tune.sh  # code 625a743: +50 epochs in place, 5,764 s
 # What section 0b ran (code 67e8266; job time 3,852 s, 1,859 s (897 s at 50), 2,306 s (1,001 s at 50)):
 #   DATASET=nci1 EPOCHS=50 OUTER_FOLDS='[0,1,2]' NAME=nci1_lr_f0-2_e50 scripts/reproduce_tune.sh
 #   DATASET=nci1 EPOCHS=100 OUTER_FOLDS='[0,1,2]' NAME=nci1_lr_f0-2_e100 scripts/reproduce_tune.sh  # code c95d4dc, 56 min wall
@@ -24,7 +25,7 @@
 # finish with the plain command: it reuses every finished job and writes the whole comparison.
 # Issue-12 setting, one dataset per call (10 outer folds below 1,000 graphs, 3 above):
 #   for d in mutag ptc_mr; do DATASET=$d EPOCHS=100 scripts/reproduce_tune.sh; done
-#   DATASET=proteins EPOCHS=100 OUTER_FOLDS='[0,1,2,3,4,5,6,7,8,9]' scripts/reproduce_tune.sh  # all 10 folds ran
+#   DATASET=proteins EPOCHS=150 OUTER_FOLDS='[0,1,2,3,4,5,6,7,8,9]' scripts/reproduce_tune.sh  # all 10 folds; late selection at chance from 150
 #   for d in imdb_binary imdb_multi; do DATASET=$d EPOCHS=100 OUTER_FOLDS='[0,1,2]' scripts/reproduce_tune.sh; done
 #   DATASET=nci1 EPOCHS=250 OUTER_FOLDS='[0,1,2]' scripts/reproduce_tune.sh  # NCI1 selects late below 250
 set -euo pipefail
