@@ -64,18 +64,26 @@ class FolderCheckpoint(ModelCheckpoint):
 
 
 class LearningRateLog(pl.Callback):
-    """Log the learning rate each epoch runs at (``train/lr``, the first parameter group's).
+    """Log the learning rate each epoch ran at (``train/lr``, the first parameter group's).
 
-    Lightning's :class:`~lightning.pytorch.callbacks.LearningRateMonitor` logs it on rows without
-    an epoch, which a resumed run's CSV log (:mod:`histograph.training.csv_logger`) drops as
-    "logged after training"; logged from the module at the start of the epoch, the value lands on
-    the epoch's row in every logger.
+    Logged at the end of validation, on the row of the epoch's other metrics: that row is
+    written before the epoch's checkpoint, so a run killed and resumed keeps it. Lightning's
+    :class:`~lightning.pytorch.callbacks.LearningRateMonitor` writes rows without an epoch, which
+    a resumed run's CSV log (:mod:`histograph.training.csv_logger`) drops; rows logged at the end
+    of the training epoch come after the checkpoint and are lost by a kill between the two.
     """
 
+    def __init__(self) -> None:
+        self._lr: float | None = None
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.optimizers:
-            pl_module.log("train/lr", float(trainer.optimizers[0].param_groups[0]["lr"]),
-                          on_step=False, on_epoch=True, sync_dist=True)  # same on every rank
+        # read here: the epoch-interval scheduler steps before the epoch's validation
+        self._lr = (float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers
+                    else None)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._lr is not None and not trainer.sanity_checking:
+            pl_module.log("train/lr", self._lr, sync_dist=True)  # the same on every rank
 
 
 def build_callbacks(cfg: DictConfig, output_dir: Path, monitor: str | None,
