@@ -80,4 +80,5 @@ def test_a_run_with_warmup_trains_and_checkpoints_its_schedule(cfg_factory, tmp_
 
     metrics = pd.read_csv(tmp_path / "run" / "csv" / "metrics.csv")
     logged = metrics.dropna(subset=["train/lr"]).set_index("epoch")["train/lr"]
-    assert logged.index.tolist() == [0, 1, 2] and logged.tolist() == pytest.approx([0.002 * (0.01 + 0.99 * e / 4) for e in range(3)])
+    assert logged.index.tolist() == [0, 1, 2]
+    assert logged.tolist() == pytest.approx([0.002 * (0.01 + 0.99 * e / 4) for e in range(3)])
