@@ -61,6 +61,20 @@ def test_the_advice_names_the_likely_fix():
     assert "MAD 0.015" in over and "model.residual=true" in over and "histograph" in over
 
 
+def test_the_advice_never_names_a_fix_the_run_already_has():
+    # JK-cat over 64 residual layers collapsed on every cell of the residual recipe check: the
+    # residual states grow with depth, so the advice is the plain backbone, not residual again
+    jk = collapse_advice(1e-3, "jk_cat", 64, pool="mean", residual=True)
+    assert "model.residual=false" in jk and "model.residual=true" not in jk
+    assert "plain layers" not in jk  # the run is not plain
+    assert "model.residual=true" not in collapse_advice(1e-3, "mean", 64, residual=True)
+    over = collapse_advice(1e-3, "mean", 64, "over_smoothing", 0.015, residual=True)
+    assert "model.residual" not in over and "fewer layers" in over
+    # the learning rate and a sum-pooled JK readout come first, whatever the backbone
+    assert "Lower optimizer.lr" in collapse_advice(0.01, "jk_cat", 64, residual=True)
+    assert "readout.pool=mean" in collapse_advice(1e-3, "jk_cat", 64, pool="sum", residual=True)
+
+
 def test_the_cause_separates_an_over_smoothed_last_layer_from_optimisation():
     flat, spread = [0.3, 0.1, OVERSMOOTHED_MAD / 3], [0.3, 0.2, 0.2]
     assert collapse_cause(False, flat, reads_history=False) is None

@@ -163,22 +163,35 @@ def collapse_cause(collapsed: bool | None, mad: list[float] | None,
 
 
 def collapse_advice(lr: float | None, readout: str, layers: int, cause: str | None = None,
-                    mad_last: float | None = None, pool: str | None = None) -> str:
+                    mad_last: float | None = None, pool: str | None = None,
+                    residual: bool = False) -> str:
     """The likely fix for a collapsed run, from docs/training.md's measurements: above the
     default learning rate, the rate; at it, an over-smoothed last layer under a last-layer
     readout (IMDB-BINARY, plain GCN-64: only the readouts over the whole history trained), a
     sum-pooled JK readout over a deep stack (whose head input grows with depth and graph size),
-    or a stack that leaves the prior late."""
+    a JK readout over a deep *residual* stack (whose node states grow with depth), or a stack
+    that leaves the prior late. ``residual`` is the backbone's ``model.residual``: a fix the run
+    already has is never the advice."""
     if lr is None or lr > 1e-3:
         return "Lower optimizer.lr (the default 0.001 trained every screened setting)."
+    residual_fix = "" if residual else "model.residual=true, "
     if cause == "over_smoothing":
         return (f"Its last layer is over-smoothed (node states nearly parallel: MAD "
                 f"{mad_last:.3f} < {OVERSMOOTHED_MAD}) and this readout sees only that layer: "
-                f"use model.residual=true, fewer layers, or a readout over the whole history "
+                f"use {residual_fix}fewer layers, or a readout over the whole history "
                 f"(readout=histograph).")
     if readout.startswith("jk") and readout != "jk_max" and layers >= 32 and pool == "sum":
         return ("At this learning rate a sum-pooled JK readout over a deep stack is the likely "
                 "cause: try readout.pool=mean.")
+    if readout.startswith("jk") and layers >= 32 and residual:
+        # each residual layer adds a non-negative (post-ReLU) update, so the node states' RMS
+        # grows about linearly with depth (~28 at layer 64 at initialisation, 0.7 plain) and a
+        # JK readout hands the head all of them: JK-cat collapsed on every depth-64 residual
+        # cell of the check, while pooled by mean on the plain stack it trained them
+        # (docs/training.md, the residual recipe check).
+        return (f"Over a {layers}-layer residual stack the node states grow with depth and "
+                f"this JK readout hands the head all of them: try model.residual=false (JK "
+                f"pooled by mean trained the plain deep stacks) or readout=histograph.")
     if readout.startswith("jk") and layers >= 32:
         # jk_max: mean pooling fixed none of its flagged cells (and flagged one more), while
         # model.residual=true left none flagged, NCI1's only weakly trained (docs/training.md,
@@ -189,6 +202,6 @@ def collapse_advice(lr: float | None, readout: str, layers: int, cause: str | No
     if layers >= 32:
         return (f"At this learning rate a {layers}-layer stack may be over-smoothed (`mad` of "
                 f"its last layer near 0 in results.json) or leave the prior late: try more "
-                f"epochs, model.residual=true, or a readout over the whole history "
+                f"epochs, {residual_fix}or a readout over the whole history "
                 f"(readout=histograph).")
     return "At this learning rate: try more epochs, then a lower optimizer.lr."
