@@ -84,6 +84,11 @@ for _conv in ("gin", "gcn"):
             PRESETS[f"proteins_{_conv}{_depth}_{_ro}"] = [
                 "dataset=proteins", f"model={_conv}", f"model.layers={_depth}",
                 "model.residual=false", f"readout={_ro}"]
+# JK-cat over 64 layers, plain, against the ``:res`` variant (the residual recipe check,
+# docs/training.md): how large the head's input gets when each layer adds to the last
+for _conv in ("gin", "gcn"):
+    PRESETS[f"mutag_{_conv}64_jk_cat"] = ["dataset=mutag", f"model={_conv}", "model.layers=64",
+                                          "model.residual=false", "readout=jk_cat"]
 
 # Training-recipe variants, ``preset:variant[,variant...]``; lrX sets the base lr.
 #   warmupN    linear warm-up from lr/100 to lr over N epochs (per step)

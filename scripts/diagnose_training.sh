@@ -2,7 +2,7 @@
 # Regenerates results/training/diagnosis/ (docs/training.md): per-step records + figures, the
 # screened fixes, the readout sweep. One training process at a time, one thread. Costs measured
 # on a shared 2-core machine (single-core minutes): diagnosis ~12, screen ~30, readouts ~22.
-#   bash scripts/diagnose_training.sh [diagnosis|screen|readouts|report]...   (default: all)
+#   bash scripts/diagnose_training.sh [diagnosis|screen|readouts|residual|report]...   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=1
@@ -10,7 +10,7 @@ export HISTOGRAPH_DATA_MIRROR="${HISTOGRAPH_DATA_MIRROR:-../shared/data}"
 PY="${PY:-.venv/bin/python}"
 S=scripts/diagnose_training.py
 D=results/training/diagnosis
-parts=("$@"); [ ${#parts[@]} -eq 0 ] && parts=(diagnosis screen readouts report)
+parts=("$@"); [ ${#parts[@]} -eq 0 ] && parts=(diagnosis screen readouts residual report)
 for part in "${parts[@]}"; do case "$part" in
 diagnosis)  # per-step records
   $PY $S --epochs 6 --run nci1_gin4_hg:lr0.01 nci1_gin4_hg:lr0.001 nci1_gin4_hg:lr0.01,nolayer \
@@ -38,6 +38,10 @@ readouts)  # every readout, PROTEINS fold 0, lr 0.01 vs 0.001
   runs=(); for r in mean sum max attention set2set gmt jk_cat jk_max; do for lr in 0.01 0.001; do
     runs+=("proteins_gcn32_${r}:lr$lr"); done; done
   $PY $S --no-steps --skip-train-eval --epochs 5 --out $D/readouts --run "${runs[@]}" ;;
+residual)  # JK-cat over 64 plain vs residual layers (MUTAG, 4 epochs, ~2 min)
+  $PY $S --epochs 4 --out $D/residual --run mutag_gin64_jk_cat:lr0.001 \
+    mutag_gin64_jk_cat:lr0.001,res mutag_gcn64_jk_cat:lr0.001 mutag_gcn64_jk_cat:lr0.001,res
+  $PY $S --table "" --out $D/residual ;;
 report)  # figures and tables (no training)
   $PY $S --plot --figure $D/diagnosis.png
   $PY $S --plot --figure $D/diagnosis_contrast.png --pairs \
