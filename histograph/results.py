@@ -87,7 +87,7 @@ def results_record(cfg: DictConfig, *, dm: Any, network: Any, lit: Any, trainer:
     mad = record.get("mad")
     record["collapse_cause"] = collapse_cause(
         record["collapsed"], mad, getattr(getattr(model, "readout", None), "reads_history", True))
-    if record["collapsed"]:
+    if record["collapsed"] and getattr(trainer, "is_global_zero", True):  # DDP: warn once
         advice = collapse_advice(cfg.optimizer.get("lr"), record["readout"], record["layers"],
                                  record["collapse_cause"], mad[-1] if mad else None,
                                  cfg.readout.get("pool"), bool(cfg.model.get("residual", False)))

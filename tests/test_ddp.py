@@ -76,6 +76,15 @@ def test_ddp_two_cpu_processes_write_one_results_json(tmp_path, data_dir):
     assert set(ddp["history"]) == set(single["history"])
     for key in ("dataset", "model", "readout", "layers", "hidden", "protocol", "metric"):
         assert ddp[key] == single[key], key
+    # the collapse check counts every rank's training predictions: the labels it counted are
+    # the whole training split's (up to the sampler's padding to equal shards), not rank 0's half
+    n_train = ddp["split_sizes"]["train"]
+    for d, s in zip(ddp["history"]["label_majority"], single["history"]["label_majority"]):
+        assert abs(d - s) <= 1.0 / n_train, (d, s)
+    # every epoch-level value is logged as synced (they are reduced over the ranks first), so
+    # Lightning has nothing to warn about
+    assert "sync_dist=True)` when logging on epoch level" not in log
+    assert log.count("collapsed: from epoch") == int(bool(ddp["collapsed"])), "rank 0 warns"
 
 
 @pytest.mark.slow

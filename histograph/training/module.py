@@ -124,7 +124,10 @@ class LitGraphClassifier(pl.LightningModule):
     # ------------------------------------------------------------------ epoch ends
     def _all_sum(self, value: Tensor) -> Tensor:
         """``value`` summed over the DDP processes (itself on one device): epoch statistics
-        are every rank's, not rank 0's."""
+        are every rank's, not rank 0's. The epoch-level values built from such sums (and
+        torchmetrics' synced ``compute``) are the same on every rank; they are logged with
+        ``sync_dist=True`` all the same, which averages equal values and tells Lightning they
+        are global (it warns about every epoch-level value logged without it)."""
         trainer = self._trainer
         if trainer is None or trainer.world_size <= 1:
             return value
@@ -137,7 +140,7 @@ class LitGraphClassifier(pl.LightningModule):
             return None
         count_all = self._all_sum(torch.tensor(float(count), device=total.device))
         mean = self._all_sum(total) / count_all
-        self.log(f"{split}/loss", mean, prog_bar=split != "test")
+        self.log(f"{split}/loss", mean, prog_bar=split != "test", sync_dist=True)
         return mean
 
     def _log_epoch(self, splits: Sequence[str]) -> dict[str, float]:
@@ -146,14 +149,15 @@ class LitGraphClassifier(pl.LightningModule):
             value = self.metrics[f"{split}_"].compute()
             self.metrics[f"{split}_"].reset()
             values[split] = value
-            self.log(f"{split}/{self.metric_name}", value, prog_bar=split == "val")
+            self.log(f"{split}/{self.metric_name}", value, prog_bar=split == "val",
+                     sync_dist=True)
             if split in self._alpha:
                 total, count = self._alpha.pop(split)
                 count_all = self._all_sum(torch.tensor(float(count), device=total.device))
                 mean = self._all_sum(total) / count_all.clamp(min=1)
                 width = len(str(len(mean) - 1))
                 for layer, w in enumerate(mean):
-                    self.log(f"{split}/alpha/{layer:0{width}d}", w)
+                    self.log(f"{split}/alpha/{layer:0{width}d}", w, sync_dist=True)
                 if split == "test":
                     self.test_layer_weights = [float(w) for w in mean]
         return values
@@ -185,9 +189,10 @@ class LitGraphClassifier(pl.LightningModule):
         self.classes.reset()  # the evaluation splits' counts are not needed
         if train is None:
             return
+        train = self._all_sum(train)  # every rank's predictions, not this rank's shard
         for key, value in collapse.round_values(train, train_loss).items():
             self.history[key].append(value)
-            self.log(f"train/{key}", value)
+            self.log(f"train/{key}", value, sync_dist=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["histograph_history"] = self.history
