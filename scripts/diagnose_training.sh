@@ -41,7 +41,10 @@ readouts)  # every readout, PROTEINS fold 0, lr 0.01 vs 0.001
 residual)  # JK-cat over 64 plain vs residual layers (MUTAG, 4 epochs, ~1 min)
   $PY $S --epochs 4 --out $D/residual --run mutag_gin64_jk_cat:lr0.001 \
     mutag_gin64_jk_cat:lr0.001,res mutag_gcn64_jk_cat:lr0.001 mutag_gcn64_jk_cat:lr0.001,res
-  $PY $S --table "" --out $D/residual ;;
+  $PY $S --table "" --out $D/residual
+  for r in mutag_gin64_jk_cat__lr0.001 mutag_gcn64_jk_cat__lr0.001; do for v in "" _res; do
+    $PY $S --out $D/residual --show "$r$v" --at 0,10 \
+      --cols loss,g_norm_mean,hist_norm_last,head_dead_units; done; done ;;
 report)  # figures and tables (no training)
   $PY $S --plot --figure $D/diagnosis.png
   $PY $S --plot --figure $D/diagnosis_contrast.png --pairs \

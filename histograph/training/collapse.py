@@ -185,7 +185,7 @@ def collapse_advice(lr: float | None, readout: str, layers: int, cause: str | No
                 "cause: try readout.pool=mean.")
     if readout.startswith("jk") and layers >= 32 and residual:
         # each residual layer adds a non-negative (post-ReLU) update, so the node states grow
-        # with depth (mean norm 5.7 at layer 1, 108-127 at layer 64; 4-5 plain:
+        # with depth (last layer's mean norm 162-165 at step 0 over 64 layers, 4.1-4.7 plain:
         # results/training/diagnosis/residual/) and a JK readout hands the head all of them:
         # JK-cat collapsed on every depth-64 residual cell of the check, while pooled by mean
         # on the plain stack it trained them (docs/training.md, the residual recipe check).

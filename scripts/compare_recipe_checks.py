@@ -1,0 +1,100 @@
+#!/usr/bin/env python
+"""Pair two collapse checks cell by cell: flagged runs and validation accuracy, per readout and
+per (dataset, backbone, depth).
+
+The aggregated ``jobs.csv`` of each side is read (``python -m histograph.analysis.plot`` writes
+it). A side may be assembled from several sweeps: later files replace earlier ones cell by cell,
+and ``PATH::r1,r2`` takes only those readouts from a file (the plain default's JK-cat cells come
+from the sweep that pooled them by mean, never from the first check's sum-pooled ones). Only finished jobs count; the mean accuracies are over
+the cells both sides finished. Used for docs/training.md's residual recipe check:
+
+    python scripts/compare_recipe_checks.py \\
+      --base results/training/recipe_check/jobs.csv::$(echo mean sum max attention set2set gmt \\
+               jk_max histograph histograph_stage1 | tr ' ' ,) \\
+             results/training/recipe_check_jk_mean/jobs.csv::jk_cat \\
+             results/training/recipe_check_nci1_deep/jobs.csv \\
+      --other results/training/recipe_check_residual_all/jobs.csv \\
+      --names plain residual --out results/training/recipe_check_residual_all/vs_plain.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from histograph.utils import atomic_write_text  # noqa: E402
+
+CELL = ["dataset", "model", "model.layers", "readout"]
+
+
+def load_side(specs: list[str]) -> pd.DataFrame:
+    """Finished jobs of one side; later specs replace earlier ones cell by cell."""
+    frames = []
+    for spec in specs:
+        path, _, readouts = spec.partition("::")
+        jobs = pd.read_csv(path)
+        jobs = jobs[jobs["status"] == "done"]
+        if readouts:
+            jobs = jobs[jobs["readout"].isin(readouts.split(","))]
+        frames.append(jobs[CELL + ["val", "collapsed"]])
+    side = pd.concat(frames).drop_duplicates(CELL, keep="last")
+    side["collapsed"] = side["collapsed"].astype(str).str.lower().eq("true")
+    return side
+
+
+def compare(base: pd.DataFrame, other: pd.DataFrame, names: tuple[str, str]) -> str:
+    a, b = names
+    cells = other.merge(base, on=CELL, how="left", suffixes=(f"_{b}", f"_{a}"))
+    both = cells.dropna(subset=[f"val_{a}"])
+    flags_a = base.merge(other[CELL], on=CELL)["collapsed"].sum()
+    lines = [f"# {b} against {a}, cell by cell", "",
+             f"{len(other)} finished {b} cells, {int(other['collapsed'].sum())} flagged; "
+             f"{a} on the same cells: {int(flags_a)} flagged. Mean validation accuracy over the "
+             f"{len(both)} cells both finished: {b} {both[f'val_{b}'].mean():.3f}, "
+             f"{a} {both[f'val_{a}'].mean():.3f}.", ""]
+
+    def table(by: list[str]) -> list[str]:
+        rows = [f"| {' | '.join(by)} | cells | flagged {a} | flagged {b} | val {a} | val {b} |",
+                "|" + "---|" * (len(by) + 5)]
+        for key, g in cells.groupby(by):
+            key = key if isinstance(key, tuple) else (key,)
+            paired = g.dropna(subset=[f"val_{a}"])
+            rows.append(f"| {' | '.join(str(k) for k in key)} | {len(g)} | "
+                        f"{int(g[f'collapsed_{a}'].fillna(False).astype(bool).sum())} | "
+                        f"{int(g[f'collapsed_{b}'].sum())} | {paired[f'val_{a}'].mean():.3f} | "
+                        f"{paired[f'val_{b}'].mean():.3f} |")
+        return rows
+
+    lines += ["## Per readout", "", *table(["readout"]), "",
+              "## Per dataset, backbone and depth", "",
+              *table(["dataset", "model", "model.layers"]), "",
+              f"## Flagged in {b}", "", f"| {' | '.join(CELL)} | val {b} | val {a} |",
+              "|" + "---|" * (len(CELL) + 2)]
+    for _, r in cells[cells[f"collapsed_{b}"]].iterrows():
+        lines.append(f"| {' | '.join(str(r[c]) for c in CELL)} | {r[f'val_{b}']:.3f} | "
+                     f"{r[f'val_{a}']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", nargs="+", required=True, help="jobs.csv[::readouts] ...")
+    parser.add_argument("--other", nargs="+", required=True, help="jobs.csv[::readouts] ...")
+    parser.add_argument("--names", nargs=2, default=("base", "other"))
+    parser.add_argument("--out", type=Path, default=None, help="also write the report here")
+    args = parser.parse_args(argv)
+    report = compare(load_side(args.base), load_side(args.other), tuple(args.names))
+    print(report, end="")
+    if args.out is not None:
+        atomic_write_text(args.out, report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""scripts/compare_recipe_checks.py: two collapse checks paired cell by cell (docs/training.md's
+residual recipe check), on tiny hand-made jobs.csv files."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pandas as pd
+
+from tests.conftest import ROOT
+
+
+def _jobs(path, rows):
+    cols = ["status", "dataset", "model", "model.layers", "readout", "val", "collapsed"]
+    pd.DataFrame(rows, columns=cols).to_csv(path, index=False)
+    return str(path)
+
+
+def test_sides_are_assembled_and_paired_cell_by_cell(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "compare_recipe_checks", ROOT / "scripts" / "compare_recipe_checks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    first = _jobs(tmp_path / "first.csv", [
+        ["done", "mutag", "gin", 64, "mean", 0.50, True],
+        ["done", "mutag", "gin", 64, "jk_cat", 0.60, True],   # replaced by the later sweep
+        ["done", "mutag", "gin", 64, "gmt", 0.70, False]])
+    later = _jobs(tmp_path / "later.csv", [
+        ["done", "mutag", "gin", 64, "jk_cat", 0.90, False],
+        ["done", "mutag", "gin", 64, "gmt", 0.10, True],      # not taken: only jk_cat is
+        ["failed", "mutag", "gin", 64, "mean", None, None]])  # unfinished: does not replace
+    other = _jobs(tmp_path / "other.csv", [
+        ["done", "mutag", "gin", 64, "mean", 0.80, False],
+        ["done", "mutag", "gin", 64, "jk_cat", 0.40, True],
+        ["done", "mutag", "gin", 64, "gmt", 0.75, False],
+        ["done", "mutag", "gin", 64, "sum", 0.77, False]])    # no base cell: not paired
+    base = mod.load_side([first, later + "::jk_cat"])
+    assert dict(zip(base["readout"], base["val"])) == {"mean": 0.5, "jk_cat": 0.9, "gmt": 0.7}
+    report = mod.compare(base, mod.load_side([other]), ("plain", "residual"))
+    assert "4 finished residual cells, 1 flagged; plain on the same cells: 1 flagged" in report
+    assert "over the 3 cells both finished: residual 0.650, plain 0.700" in report
+    assert "| jk_cat | 1 | 0 | 1 | 0.900 | 0.400 |" in report
+    assert "| mutag | gin | 64 | jk_cat | 0.400 | 0.900 |" in report  # the flagged list
