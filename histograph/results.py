@@ -90,7 +90,7 @@ def results_record(cfg: DictConfig, *, dm: Any, network: Any, lit: Any, trainer:
     if record["collapsed"] and getattr(trainer, "is_global_zero", True):  # DDP: warn once
         advice = collapse_advice(cfg.optimizer.get("lr"), record["readout"], record["layers"],
                                  record["collapse_cause"], mad[-1] if mad else None,
-                                 cfg.readout.get("pool"), bool(cfg.model.get("residual", False)))
+                                 cfg.readout.get("pool"), cfg.model.get("residual", False))
         what = ("its predictions are (nearly) all one class; the reported test figure is a "
                 "constant predictor's" if record["collapse_signal"] == "one_class" else
                 "its training loss stays at the class prior's entropy: it learnt almost "

@@ -333,7 +333,7 @@ class Probe:
 
         self.net = net
         self.rec: dict = {}
-        self.bn_in: list = [None] * net.backbone.num_layers
+        self.bn_in: list = [None] * len(net.backbone.norms)
         self.hist: list | None = None
         self.is_hg = isinstance(net.readout, HistographReadout)
         self.enabled = True

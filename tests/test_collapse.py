@@ -72,6 +72,10 @@ def test_the_advice_never_names_a_fix_the_run_already_has():
     assert "model.residual" not in over and "fewer layers" in over
     # the learning rate and a sum-pooled JK readout come first, whatever the backbone
     assert "Lower optimizer.lr" in collapse_advice(0.01, "jk_cat", 64, residual=True)
+    # the pre-activation residual: its history stays normalised, and it already is residual
+    pre = collapse_advice(1e-3, "jk_cat", 64, pool="mean", residual="pre")
+    assert "model.residual" not in pre and "grow" not in pre and "histograph" in pre
+    assert "model.residual=pre" in jk
     assert "readout.pool=mean" in collapse_advice(1e-3, "jk_cat", 64, pool="sum", residual=True)
 
 

@@ -54,10 +54,12 @@ def test_results_contract_and_artifacts(cfg_factory, tmp_path):
     assert res["config_changes"] == [] and res["history"]["epoch"] == [0, 1, 2]
 
 
-@pytest.mark.parametrize("model", ["gcn", "gat", "sage", "gine"])
-def test_backbones_train(model, cfg_factory):
+@pytest.mark.parametrize("model,residual", [("gcn", "true"), ("gat", "true"), ("sage", "true"),
+                                            ("gine", "true"), ("gin", "pre")])
+def test_backbones_train(model, residual, cfg_factory):
     res = run(cfg_factory([f"model={model}", "model.layers=2", "model.hidden=16",
-                           "trainer.max_epochs=1", "model.residual=true", "model.norm=layer"]))
+                           "trainer.max_epochs=1", f"model.residual={residual}",
+                           "model.norm=layer"]))
     assert res["model"] == model
 
 

@@ -22,6 +22,20 @@ from histograph.errors import invalid_choice
 from histograph.nn.precision import autocast_off, fp32
 
 CONVS = ("gin", "gine", "gcn", "gat", "sage")
+RESIDUALS = ("none", "post", "pre")
+
+
+def residual_mode(residual: bool | str | None) -> str:
+    """Resolve ``model.residual`` to one of :data:`RESIDUALS` (``True`` is ``"post"``)."""
+    if residual is None or residual is False:
+        return "none"
+    if residual is True:
+        return "post"
+    mode = str(residual).lower()
+    mode = {"false": "none", "true": "post"}.get(mode, mode)
+    if mode not in RESIDUALS:
+        raise invalid_choice("residual", residual, ("false", "true", "pre"))
+    return mode
 ENCODERS = ("linear", "atom")
 
 
@@ -44,7 +58,15 @@ class HistoryGNN(torch.nn.Module):
             ``"instance"``, ``"pair"``, ...) or ``None``/``"none"``. (default: :obj:`"batch"`)
         act (str): activation name for PyG's resolver. (default: :obj:`"relu"`)
         dropout (float): dropout after each layer. (default: :obj:`0.0`)
-        residual (bool): add ``X^(l-1)`` to each layer's output. (default: :obj:`False`)
+        residual (bool or str): ``False`` (or ``"none"``) for the plain stack above; ``True`` (or
+            ``"post"``) adds ``X^(l-1)`` to each layer's output (PyG ``DeepGCNLayer``'s ``res``
+            block); ``"pre"`` is the pre-activation residual of DeeperGCN (Li et al., 2020,
+            ``res+``): a residual stream ``H^(l) = H^(l-1) + conv^(l)(X^(l-1))`` whose history
+            entries are its normalised, activated states ``X^(l) = drop(sigma(norm_l(H^(l))))``
+            (what the next layer reads; ``K + 1`` norms). The post-activation form adds a
+            non-negative update per layer, so its states grow with depth (162x the plain
+            stack's norm at depth 64, docs/training.md); the pre-activation history stays
+            normalised. (default: :obj:`False`)
         encoder (str): ``"linear"`` for dense features, ``"atom"`` for OGB's categorical atom
             features (``AtomEncoder``). (default: :obj:`"linear"`)
         edge_dim (int, optional): edge-feature width (dense) — needed by ``gine``; with
@@ -54,7 +76,7 @@ class HistoryGNN(torch.nn.Module):
 
     def __init__(self, in_channels: int, hidden: int, layers: int, conv: str = "gin",
                  norm: str | None = "batch", act: str = "relu", dropout: float = 0.0,
-                 residual: bool = False, encoder: str = "linear", edge_dim: int | None = None,
+                 residual: bool | str = False, encoder: str = "linear", edge_dim: int | None = None,
                  gat_heads: int = 4) -> None:
         super().__init__()
         if conv not in CONVS:
@@ -74,7 +96,8 @@ class HistoryGNN(torch.nn.Module):
             raise ValueError(f"gat_heads={gat_heads} must divide hidden={hidden}.")
         self.in_channels, self.hidden_channels, self.num_layers = in_channels, hidden, layers
         num_layers = layers
-        self.conv_name, self.residual, self.dropout = conv, residual, float(dropout)
+        self.residual = residual_mode(residual)
+        self.conv_name, self.dropout = conv, float(dropout)
         self.encoder_name, self.gat_heads, self.act_name = encoder, gat_heads, act
         self.norm_name = None if norm in (None, "none", "None") else norm
         h = hidden
@@ -89,9 +112,11 @@ class HistoryGNN(torch.nn.Module):
             self.edge_encoders = torch.nn.ModuleList(
                 [torch.nn.Linear(edge_dim, h) for _ in range(num_layers)] if conv == "gine" else [])
         self.convs = torch.nn.ModuleList([self._conv(conv, h) for _ in range(num_layers)])
+        # the pre-activation stack normalises H^(0..K) (K + 1 norms), the others conv outputs
+        num_norms = num_layers + (self.residual == "pre")
         self.norms = torch.nn.ModuleList(
             [normalization_resolver(self.norm_name, h) if self.norm_name else torch.nn.Identity()
-             for _ in range(num_layers)])
+             for _ in range(num_norms)])
         self._norm_takes_batch = [
             "batch" in inspect.signature(n.forward).parameters for n in self.norms]
         self.act = activation_resolver(act)
@@ -122,26 +147,43 @@ class HistoryGNN(torch.nn.Module):
                                    getattr(module, "bond_embedding_list", [])):
                     torch.nn.init.xavier_uniform_(emb.weight.data)
 
+    def _message(self, i: int, h: Tensor, edge_index: Tensor, edge_attr: Tensor | None) -> Tensor:
+        """Layer ``i``'s convolution of ``h``, aggregating in fp32 under autocast
+        (histograph/nn/precision.py)."""
+        conv = self.convs[i]
+        if self.conv_name == "gine":
+            e = self.edge_encoders[i](edge_attr if self.encoder_name == "atom"
+                                      else edge_attr.float())
+            return conv(fp32(h), edge_index, fp32(e))
+        if self.conv_name == "gin":
+            return conv(fp32(h), edge_index)  # the sum in fp32, the MLP under autocast
+        with autocast_off(h):  # GCN, SAGE, GAT aggregate after their linear layer: all in fp32
+            return conv(fp32(h), edge_index)
+
+    def _activate(self, i: int, h: Tensor, batch: Tensor | None) -> Tensor:
+        """``sigma(norm_i(h))`` with the norm's ``batch`` argument where it takes one."""
+        norm = self.norms[i]
+        return self.act(norm(h, batch) if self._norm_takes_batch[i] else norm(h))
+
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None,
                 batch: Tensor | None = None) -> list[Tensor]:
         """Return the history ``[X^(0), ..., X^(K)]`` (``K + 1`` tensors ``[num_nodes, hidden]``)."""
         h = self.encoder(x if self.encoder_name == "atom" else x.float())
+        if self.residual == "pre":
+            # DeeperGCN's res+: the stream H adds each layer's conv of the activated state X
+            x_l = self._activate(0, h, batch)
+            history = [x_l]
+            for i in range(self.num_layers):
+                x_l = torch.nn.functional.dropout(x_l, p=self.dropout, training=self.training)
+                h = h + self._message(i, x_l, edge_index, edge_attr)
+                x_l = self._activate(i + 1, h, batch)
+                history.append(x_l)
+            return history
         history = [h]
-        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
-            # fp32 aggregation under autocast (histograph/nn/precision.py)
-            if self.conv_name == "gine":
-                e = self.edge_encoders[i](edge_attr if self.encoder_name == "atom"
-                                          else edge_attr.float())
-                out = conv(fp32(h), edge_index, fp32(e))
-            elif self.conv_name == "gin":
-                out = conv(fp32(h), edge_index)  # the sum in fp32, the MLP under autocast
-            else:  # GCN, SAGE, GAT aggregate after their linear layer: all of it in fp32
-                with autocast_off(h):
-                    out = conv(fp32(h), edge_index)
-            out = norm(out, batch) if self._norm_takes_batch[i] else norm(out)
-            out = self.act(out)
+        for i in range(self.num_layers):
+            out = self._activate(i, self._message(i, h, edge_index, edge_attr), batch)
             out = torch.nn.functional.dropout(out, p=self.dropout, training=self.training)
-            h = out + h if self.residual else out
+            h = out + h if self.residual == "post" else out
             history.append(h)
         return history
 

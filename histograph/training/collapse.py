@@ -45,6 +45,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from histograph.nn.backbones import residual_mode
+
 #: A round whose selection-split predictions are at least this much one class is collapsed.
 MAJORITY = 0.95
 #: ... and so is one whose training loss is at least this fraction of the prior's entropy.
@@ -164,17 +166,18 @@ def collapse_cause(collapsed: bool | None, mad: list[float] | None,
 
 def collapse_advice(lr: float | None, readout: str, layers: int, cause: str | None = None,
                     mad_last: float | None = None, pool: str | None = None,
-                    residual: bool = False) -> str:
+                    residual: bool | str = False) -> str:
     """The likely fix for a collapsed run, from docs/training.md's measurements: above the
     default learning rate, the rate; at it, an over-smoothed last layer under a last-layer
     readout (IMDB-BINARY, plain GCN-64: only the readouts over the whole history trained), a
     sum-pooled JK readout over a deep stack (whose head input grows with depth and graph size),
     a JK readout over a deep *residual* stack (whose node states grow with depth), or a stack
-    that leaves the prior late. ``residual`` is the backbone's ``model.residual``: a fix the run
-    already has is never the advice."""
+    that leaves the prior late. ``residual`` is the backbone's ``model.residual`` (``False``,
+    ``True``/``"post"`` or ``"pre"``): a fix the run already has is never the advice."""
+    mode = residual_mode(residual)
     if lr is None or lr > 1e-3:
         return "Lower optimizer.lr (the default 0.001 trained every screened setting)."
-    residual_fix = "" if residual else "model.residual=true, "
+    residual_fix = "" if mode != "none" else "model.residual=true, "
     if cause == "over_smoothing":
         return (f"Its last layer is over-smoothed (node states nearly parallel: MAD "
                 f"{mad_last:.3f} < {OVERSMOOTHED_MAD}) and this readout sees only that layer: "
@@ -183,16 +186,17 @@ def collapse_advice(lr: float | None, readout: str, layers: int, cause: str | No
     if readout.startswith("jk") and readout != "jk_max" and layers >= 32 and pool == "sum":
         return ("At this learning rate a sum-pooled JK readout over a deep stack is the likely "
                 "cause: try readout.pool=mean.")
-    if readout.startswith("jk") and layers >= 32 and residual:
+    if readout.startswith("jk") and layers >= 32 and mode == "post":
         # each residual layer adds a non-negative (post-ReLU) update, so the node states grow
         # with depth (last layer's mean norm 162-165 at step 0 over 64 layers, 4.1-4.7 plain:
         # results/training/diagnosis/residual/) and a JK readout hands the head all of them:
         # JK-cat collapsed on every depth-64 residual cell of the check, while pooled by mean
         # on the plain stack it trained them (docs/training.md, the residual recipe check).
         return (f"Over a {layers}-layer residual stack the node states grow with depth and "
-                f"this JK readout hands the head all of them: try model.residual=false (JK "
-                f"pooled by mean trained the plain deep stacks) or readout=histograph.")
-    if readout.startswith("jk") and layers >= 32:
+                f"this JK readout hands the head all of them: try model.residual=pre (its "
+                f"history stays normalised), model.residual=false (JK pooled by mean trained "
+                f"the plain deep stacks) or readout=histograph.")
+    if readout.startswith("jk") and layers >= 32 and mode == "none":
         # jk_max: mean pooling fixed none of its flagged cells (and flagged one more), while
         # model.residual=true left none flagged, NCI1's only weakly trained (docs/training.md,
         # "JK pooling" and the probe of the residual fix).
