@@ -84,8 +84,8 @@ for _conv in ("gin", "gcn"):
             PRESETS[f"proteins_{_conv}{_depth}_{_ro}"] = [
                 "dataset=proteins", f"model={_conv}", f"model.layers={_depth}",
                 "model.residual=false", f"readout={_ro}"]
-# JK-cat over 64 layers, plain, against the ``:res`` variant (the residual recipe check,
-# docs/training.md): how large the head's input gets when each layer adds to the last
+# JK-cat over 64 layers, plain, against the ``:res`` and ``:pre`` variants (the residual recipe
+# checks, docs/training.md): how large the head's input gets when each layer adds to the last
 for _conv in ("gin", "gcn"):
     PRESETS[f"mutag_{_conv}64_jk_cat"] = ["dataset=mutag", f"model={_conv}", "model.layers=64",
                                           "model.residual=false", "readout=jk_cat"]
@@ -109,6 +109,7 @@ OVERRIDE_VARIANTS = {
     "bnnone": ["model.norm=none"],
     "ln": ["model.norm=layer"],
     "res": ["model.residual=true"],
+    "pre": ["model.residual=pre"],
 }
 
 

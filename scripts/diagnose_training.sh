@@ -38,11 +38,12 @@ readouts)  # every readout, PROTEINS fold 0, lr 0.01 vs 0.001
   runs=(); for r in mean sum max attention set2set gmt jk_cat jk_max; do for lr in 0.01 0.001; do
     runs+=("proteins_gcn32_${r}:lr$lr"); done; done
   $PY $S --no-steps --skip-train-eval --epochs 5 --out $D/readouts --run "${runs[@]}" ;;
-residual)  # JK-cat over 64 plain vs residual layers (MUTAG, 4 epochs, ~1 min)
+residual)  # JK-cat over 64 plain vs post- vs pre-activation residual layers (MUTAG, 4 epochs, ~1.5 min)
   $PY $S --epochs 4 --out $D/residual --run mutag_gin64_jk_cat:lr0.001 \
-    mutag_gin64_jk_cat:lr0.001,res mutag_gcn64_jk_cat:lr0.001 mutag_gcn64_jk_cat:lr0.001,res
+    mutag_gin64_jk_cat:lr0.001,res mutag_gin64_jk_cat:lr0.001,pre mutag_gcn64_jk_cat:lr0.001 \
+    mutag_gcn64_jk_cat:lr0.001,res mutag_gcn64_jk_cat:lr0.001,pre
   $PY $S --table "" --out $D/residual
-  for r in mutag_gin64_jk_cat__lr0.001 mutag_gcn64_jk_cat__lr0.001; do for v in "" _res; do
+  for r in mutag_gin64_jk_cat__lr0.001 mutag_gcn64_jk_cat__lr0.001; do for v in "" _res _pre; do
     $PY $S --out $D/residual --show "$r$v" --at 0,10 \
       --cols loss,g_norm_mean,hist_norm_last,head_dead_units; done; done ;;
 report)  # figures and tables (no training)
