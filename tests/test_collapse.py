@@ -52,30 +52,29 @@ def test_the_advice_names_the_likely_fix():
     assert "readout.pool=mean" in collapse_advice(1e-3, "jk_cat", 64, pool="sum")  # deep JK-cat
     # JK-max: mean pooling fixed none of its flagged cells, a residual backbone all of them
     jk_max = collapse_advice(1e-3, "jk_max", 64, pool="sum")
-    assert "model.residual=true" in jk_max and "readout.pool" not in jk_max
-    assert "model.residual=true" in collapse_advice(1e-3, "jk_cat", 64, pool="mean")
-    assert "model.residual=true" in collapse_advice(1e-3, "mean", 64)  # over-smoothed stack
+    assert "model.residual=pre" in jk_max and "readout.pool" not in jk_max
+    assert "model.residual=pre" in collapse_advice(1e-3, "jk_cat", 64, pool="mean")
+    assert "model.residual=pre" in collapse_advice(1e-3, "mean", 64)  # over-smoothed stack
     assert "more epochs" in collapse_advice(1e-3, "histograph_stage1", 4)
     assert "readout.pool" not in collapse_advice(1e-3, "jk_cat", 2)
     over = collapse_advice(1e-3, "mean", 64, "over_smoothing", 0.015)
-    assert "MAD 0.015" in over and "model.residual=true" in over and "histograph" in over
+    assert "MAD 0.015" in over and "model.residual=pre" in over and "histograph" in over
 
 
 def test_the_advice_never_names_a_fix_the_run_already_has():
     # JK-cat over 64 residual layers collapsed on every cell of the residual recipe check: the
-    # residual states grow with depth, so the advice is the plain backbone, not residual again
+    # post-activation states grow with depth, so the advice is the pre-activation form
     jk = collapse_advice(1e-3, "jk_cat", 64, pool="mean", residual=True)
-    assert "model.residual=false" in jk and "model.residual=true" not in jk
+    assert "model.residual=pre" in jk and "model.residual=true" not in jk
     assert "plain layers" not in jk  # the run is not plain
     assert "model.residual=true" not in collapse_advice(1e-3, "mean", 64, residual=True)
-    over = collapse_advice(1e-3, "mean", 64, "over_smoothing", 0.015, residual=True)
+    over = collapse_advice(1e-3, "mean", 64, "over_smoothing", 0.015, residual="pre")
     assert "model.residual" not in over and "fewer layers" in over
     # the learning rate and a sum-pooled JK readout come first, whatever the backbone
     assert "Lower optimizer.lr" in collapse_advice(0.01, "jk_cat", 64, residual=True)
     # the pre-activation residual: its history stays normalised, and it already is residual
     pre = collapse_advice(1e-3, "jk_cat", 64, pool="mean", residual="pre")
     assert "model.residual" not in pre and "grow" not in pre and "histograph" in pre
-    assert "model.residual=pre" in jk
     assert "readout.pool=mean" in collapse_advice(1e-3, "jk_cat", 64, pool="sum", residual=True)
 
 

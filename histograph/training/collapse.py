@@ -177,7 +177,9 @@ def collapse_advice(lr: float | None, readout: str, layers: int, cause: str | No
     mode = residual_mode(residual)
     if lr is None or lr > 1e-3:
         return "Lower optimizer.lr (the default 0.001 trained every screened setting)."
-    residual_fix = "" if mode != "none" else "model.residual=true, "
+    # the pre-activation residual trained every cell of the deep recipe check (the plain stack
+    # flagged 18, the post-activation one 13, all JK-cat: docs/training.md)
+    residual_fix = "" if mode == "pre" else "model.residual=pre, "
     if cause == "over_smoothing":
         return (f"Its last layer is over-smoothed (node states nearly parallel: MAD "
                 f"{mad_last:.3f} < {OVERSMOOTHED_MAD}) and this readout sees only that layer: "
@@ -194,15 +196,15 @@ def collapse_advice(lr: float | None, readout: str, layers: int, cause: str | No
         # on the plain stack it trained them (docs/training.md, the residual recipe check).
         return (f"Over a {layers}-layer residual stack the node states grow with depth and "
                 f"this JK readout hands the head all of them: try model.residual=pre (its "
-                f"history stays normalised), model.residual=false (JK pooled by mean trained "
-                f"the plain deep stacks) or readout=histograph.")
+                f"history stays normalised and trained every deep cell) or "
+                f"readout=histograph.")
     if readout.startswith("jk") and layers >= 32 and mode == "none":
         # jk_max: mean pooling fixed none of its flagged cells (and flagged one more), while
-        # model.residual=true left none flagged, NCI1's only weakly trained (docs/training.md,
-        # "JK pooling" and the probe of the residual fix).
+        # either residual form left none flagged (docs/training.md, "JK pooling", the probe of
+        # the residual fix and the pre-activation recipe check).
         return (f"At this learning rate a JK readout over {layers} plain layers may not train "
                 f"(jk_max collapsed on plain GCN-64 under every probe but a residual backbone): "
-                f"try model.residual=true or readout=histograph.")
+                f"try model.residual=pre or readout=histograph.")
     if layers >= 32:
         return (f"At this learning rate a {layers}-layer stack may be over-smoothed (`mad` of "
                 f"its last layer near 0 in results.json) or leave the prior late: try more "
