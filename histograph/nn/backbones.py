@@ -6,7 +6,10 @@ layer differently when ``jk`` is unset; the readouts of this project need the sa
 every backbone: ``[X^(0), X^(1), ..., X^(K)]``, each ``[num_nodes, hidden]``, where
 ``X^(0) = Emb_in(F)`` and ``X^(l) = GNN^(l)(X^(l-1))`` stored as passed to the next layer (after
 norm, activation, dropout and the optional residual). So the stack is written here, using PyG's
-convolutions and its string resolvers for the small choices.
+convolutions and its string resolvers for the small choices. PyG's ``DeepGCNLayer`` has the
+pre-activation block (``block="res+"``) but returns the raw residual stream, applying the norm
+inside the *next* layer; the history here needs the normalised states themselves (what each
+layer reads), so ``residual="pre"`` is written here too.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from histograph.nn.precision import autocast_off, fp32
 
 CONVS = ("gin", "gine", "gcn", "gat", "sage")
 RESIDUALS = ("none", "post", "pre")
+ENCODERS = ("linear", "atom")
 
 
 def residual_mode(residual: bool | str | None) -> str:
@@ -36,7 +40,6 @@ def residual_mode(residual: bool | str | None) -> str:
     if mode not in RESIDUALS:
         raise invalid_choice("residual", residual, ("false", "true", "pre"))
     return mode
-ENCODERS = ("linear", "atom")
 
 
 class HistoryGNN(torch.nn.Module):
@@ -46,6 +49,13 @@ class HistoryGNN(torch.nn.Module):
         X^{(0)} = \mathrm{Emb}_{in}(F), \qquad
         X^{(l)} = \mathrm{drop}(\sigma(\mathrm{norm}(\mathrm{conv}^{(l)}(X^{(l-1)}))))
                   \; [+\, X^{(l-1)}], \quad l = 1..K
+
+    or, with ``residual="pre"`` (DeeperGCN's ``res+``, Li et al., 2020),
+
+    .. math::
+        H^{(0)} = \mathrm{Emb}_{in}(F), \qquad
+        H^{(l)} = H^{(l-1)} + \mathrm{conv}^{(l)}(\mathrm{drop}(X^{(l-1)})), \qquad
+        X^{(l)} = \sigma(\mathrm{norm}_l(H^{(l)})), \quad l = 0..K
 
     Args:
         in_channels (int): input node-feature width.
