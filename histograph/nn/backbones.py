@@ -72,11 +72,11 @@ class HistoryGNN(torch.nn.Module):
             ``"post"``) adds ``X^(l-1)`` to each layer's output (PyG ``DeepGCNLayer``'s ``res``
             block); ``"pre"`` is the pre-activation residual of DeeperGCN (Li et al., 2020,
             ``res+``): a residual stream ``H^(l) = H^(l-1) + conv^(l)(X^(l-1))`` whose history
-            entries are its normalised, activated states ``X^(l) = drop(sigma(norm_l(H^(l))))``
+            entries are its normalised, activated states ``X^(l) = sigma(norm_l(H^(l)))``
             (what the next layer reads; ``K + 1`` norms). The post-activation form adds a
-            non-negative update per layer, so its states grow with depth (162x the plain
-            stack's norm at depth 64, docs/training.md); the pre-activation history stays
-            normalised. (default: :obj:`False`)
+            non-negative update per layer, so its states grow with depth (a last-layer norm
+            of 162-165 at depth 64 against the plain stack's 4.1-4.7, docs/training.md); the
+            pre-activation history stays normalised. (default: :obj:`False`)
         encoder (str): ``"linear"`` for dense features, ``"atom"`` for OGB's categorical atom
             features (``AtomEncoder``). (default: :obj:`"linear"`)
         edge_dim (int, optional): edge-feature width (dense) — needed by ``gine``; with
