@@ -15,6 +15,17 @@ the cells both sides finished. Used for docs/training.md's residual recipe check
              results/training/recipe_check_nci1_deep/jobs.csv \\
       --other results/training/recipe_check_residual_all/jobs.csv \\
       --names plain residual --out results/training/recipe_check_residual_all/vs_plain.md
+
+and for its pre-activation check (``PLAIN`` standing for the three ``--base`` specs above;
+``--layers 32 64`` / ``--layers 2 8`` write ``vs_plain_deep.md`` / ``vs_plain_shallow.md``):
+
+    python scripts/compare_recipe_checks.py --base PLAIN \
+      --other results/training/recipe_check_pre_all/jobs.csv \
+      --names plain pre --out results/training/recipe_check_pre_all/vs_plain.md
+    python scripts/compare_recipe_checks.py \
+      --base results/training/recipe_check_residual_all/jobs.csv \
+      --other results/training/recipe_check_pre_all/jobs.csv --layers 32 64 \
+      --names post pre --out results/training/recipe_check_pre_all/vs_post.md
 """
 
 from __future__ import annotations
@@ -33,8 +44,9 @@ from histograph.utils import atomic_write_text  # noqa: E402
 CELL = ["dataset", "model", "model.layers", "readout"]
 
 
-def load_side(specs: list[str]) -> pd.DataFrame:
-    """Finished jobs of one side; later specs replace earlier ones cell by cell."""
+def load_side(specs: list[str], layers: list[int] | None = None) -> pd.DataFrame:
+    """Finished jobs of one side, at the given depths only (all when ``None``); later specs
+    replace earlier ones cell by cell."""
     frames = []
     for spec in specs:
         path, _, readouts = spec.partition("::")
@@ -44,6 +56,8 @@ def load_side(specs: list[str]) -> pd.DataFrame:
             jobs = jobs[jobs["readout"].isin(readouts.split(","))]
         frames.append(jobs[CELL + ["val", "collapsed"]])
     side = pd.concat(frames).drop_duplicates(CELL, keep="last")
+    if layers:
+        side = side[side["model.layers"].isin(layers)]
     side["collapsed"] = side["collapsed"].astype(str).str.lower().eq("true")
     return side
 
@@ -87,9 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", nargs="+", required=True, help="jobs.csv[::readouts] ...")
     parser.add_argument("--other", nargs="+", required=True, help="jobs.csv[::readouts] ...")
     parser.add_argument("--names", nargs=2, default=("base", "other"))
+    parser.add_argument("--layers", nargs="+", type=int, default=None,
+                        help="pair only the cells at these depths (model.layers)")
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
-    report = compare(load_side(args.base), load_side(args.other), tuple(args.names))
+    report = compare(load_side(args.base, args.layers), load_side(args.other, args.layers),
+                     tuple(args.names))
     print(report, end="")
     if args.out is not None:
         atomic_write_text(args.out, report)

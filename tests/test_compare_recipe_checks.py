@@ -41,3 +41,14 @@ def test_sides_are_assembled_and_paired_cell_by_cell(tmp_path):
     assert "over the 3 cells both finished: residual 0.650, plain 0.700" in report
     assert "| jk_cat | 1 | 0 | 1 | 0.900 | 0.400 |" in report
     assert "| mutag | gin | 64 | jk_cat | 0.400 | 0.900 |" in report  # the flagged list
+
+
+def test_layers_keep_only_those_depths(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "compare_recipe_checks", ROOT / "scripts" / "compare_recipe_checks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    jobs = _jobs(tmp_path / "jobs.csv", [["done", "mutag", "gin", 8, "mean", 0.9, False],
+                                         ["done", "mutag", "gin", 64, "mean", 0.5, True]])
+    deep = mod.load_side([jobs], layers=[32, 64])
+    assert list(deep["model.layers"]) == [64] and len(mod.load_side([jobs])) == 2

@@ -171,7 +171,8 @@ def collapse_advice(lr: float | None, readout: str, layers: int, cause: str | No
     default learning rate, the rate; at it, an over-smoothed last layer under a last-layer
     readout (IMDB-BINARY, plain GCN-64: only the readouts over the whole history trained), a
     sum-pooled JK readout over a deep stack (whose head input grows with depth and graph size),
-    a JK readout over a deep *residual* stack (whose node states grow with depth), or a stack
+    a JK readout over a deep post-activation residual stack (whose node states grow with
+    depth), or a stack
     that leaves the prior late. ``residual`` is the backbone's ``model.residual`` (``False``,
     ``True``/``"post"`` or ``"pre"``): a fix the run already has is never the advice."""
     mode = residual_mode(residual)
