@@ -253,3 +253,23 @@ def test_matmul_precision_is_set_on_gpu_runs_only(cfg_factory, tmp_path, monkeyp
     monkeypatch.setattr("histograph.train.instantiate", lambda *a, **k: None)
     build_trainer(cfg, [], [], tmp_path)
     assert calls == ["high"]
+
+
+def test_node_attention_never_uses_cudnn_attention_on_cuda():
+    """cuDNN's attention plans per input shape and the node attention's block shapes change with
+    every batch: on an H200 it made HISTOGRAPH 60x slower per readout step in bf16
+    (results/gpu/README.md). The readout pins the other kernels on CUDA, and only there."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend
+
+    from histograph.nn.readouts.histograph import NODE_SDPA_BACKENDS, HistographReadout
+
+    readout = HistographReadout(8, 3, heads=2)
+    assert SDPBackend.CUDNN_ATTENTION not in NODE_SDPA_BACKENDS
+    assert {SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH} <= set(readout.sdpa_backends)
+    assert not isinstance(readout._attention_kernels(torch.device("cuda")),
+                          contextlib.nullcontext)
+    assert isinstance(readout._attention_kernels(torch.device("cpu")), contextlib.nullcontext)
+    readout.sdpa_backends = None  # PyTorch's own choice (scripts/bench_attention.py)
+    assert isinstance(readout._attention_kernels(torch.device("cuda")), contextlib.nullcontext)

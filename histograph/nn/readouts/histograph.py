@@ -1,16 +1,22 @@
 """HISTOGRAPH readout, from "Learning from Historical Activations in Graph Neural Networks".
 
 Galron, Sinai, Maron, Eliasof, ICLR 2026 (https://arxiv.org/abs/2601.01123); see the class.
+
+Long file: one concept, the readout with its formula docstring, and the two pieces its node
+attention needs on every batch (``size_groups``' padding by size class and the kernel pin for
+CUDA), which have no other user.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch_geometric.utils import scatter
 
 from histograph.errors import invalid_choice
@@ -42,6 +48,13 @@ def signed_guard(z: Tensor, eps: float | Tensor) -> Tensor:
     tensor broadcastable to ``z`` (the relative guard's per-graph floor)."""
     return torch.where(z >= 0, z.clamp(min=eps), z.clamp(max=-eps))
 
+
+#: ``scaled_dot_product_attention`` kernels the node attention may use on CUDA: every one but
+#: cuDNN's. cuDNN's attention builds an execution plan for each new input shape; the node
+#: attention's block shapes (graphs per size class, largest graph) change with every batch, so
+#: PyTorch's choice of it for bf16 on Hopper made HISTOGRAPH train 15-27x slower in bf16-mixed
+#: than in fp32 (scripts/gpu_check.py and scripts/bench_attention.py, docs/benchmarks.md).
+NODE_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 # Padded slots a size class may add to the next-larger one before the two are padded
 # together: one attention call costs about as much as this many extra padded slots on a CPU
@@ -191,6 +204,9 @@ class HistographReadout(Readout):
 
     #: its projection and node attention may run in bf16; the layer weights are computed in fp32
     full_precision = False
+    #: the attention kernels allowed on CUDA (:data:`NODE_SDPA_BACKENDS`; ``None``: PyTorch's
+    #: choice, which scripts/bench_attention.py sets to compare)
+    sdpa_backends: list | None = NODE_SDPA_BACKENDS
 
     def __init__(self, in_channels: int, history_len: int, *, normalization: str = "signed",
                  scope: str = "graph", layer_stage: bool = True, node_stage: bool = True,
@@ -345,15 +361,23 @@ class HistographReadout(Readout):
                                                                                     True)
         H, dh = self.heads, D // self.heads
         outs = []
-        for offset, B, M in blocks:
-            q, k, v = flat[offset:offset + B * M].view(B, M, 3, H, dh).permute(2, 0, 3, 1, 4)
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=key_mask[offset:offset + B * M].view(B, 1, 1, M),
-                dropout_p=self.dropout if self.training else 0.0)  # [B, H, M, dh]
-            outs.append(out.transpose(1, 2).reshape(B * M, D))
+        with self._attention_kernels(h.device):
+            for offset, B, M in blocks:
+                q, k, v = flat[offset:offset + B * M].view(B, M, 3, H, dh).permute(
+                    2, 0, 3, 1, 4)
+                out = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=key_mask[offset:offset + B * M].view(B, 1, 1, M),
+                    dropout_p=self.dropout if self.training else 0.0)  # [B, H, M, dh]
+                outs.append(out.transpose(1, 2).reshape(B * M, D))
         out = self.node_out(torch.cat(outs).index_select(0, dest))  # [N, D]
         z = h + out if self.residual else out
         return self.norm(z) if self.norm is not None else z
+
+    def _attention_kernels(self, device: torch.device):
+        """The context that pins the attention kernels on CUDA (:data:`NODE_SDPA_BACKENDS`)."""
+        if device.type == "cuda" and self.sdpa_backends:
+            return sdpa_kernel(self.sdpa_backends)
+        return contextlib.nullcontext()
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.in_channels}, history_len={self.history_len}, "
