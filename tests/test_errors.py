@@ -344,28 +344,3 @@ def test_cli_unknown_name_has_no_traceback(tmp_path):
     assert "Could not find 'readout/histogram'" in proc.stderr
     assert "histograph" in proc.stderr  # the valid names are listed
     assert "Traceback" not in proc.stderr
-
-
-def test_slurm_plugin_imports_without_the_slurm_extra():
-    """Hydra imports every plugin at every start: without submitit our launcher module must
-    import quietly (no "Plugin is incompatible" warning on each run), and selecting it must say
-    what to install."""
-    code = (
-        "import sys, warnings\n"
-        "sys.modules['submitit'] = None\n"  # as if the slurm extra were not installed
-        "warnings.simplefilter('error')\n"
-        "from hydra.core.plugins import Plugins\n"
-        "from hydra.plugins.launcher import Launcher\n"
-        "names = [p.__name__ for p in Plugins.instance().discover(Launcher)]\n"
-        "assert 'HistographSlurmLauncher' in names, names\n"
-        "from hydra_plugins.histograph_launcher.slurm_launcher import HistographSlurmLauncher\n"
-        "from histograph.errors import UserError\n"
-        "try:\n"
-        "    HistographSlurmLauncher(partition='debug')\n"
-        "except UserError as exc:\n"
-        "    print(exc)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "pip install 'histograph[slurm]'" in proc.stdout
-    assert "incompatible" not in proc.stderr

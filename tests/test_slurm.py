@@ -313,3 +313,28 @@ def test_a_request_above_the_cluster_is_refused_before_submission(slurm_cluster,
     assert line.startswith("error: hydra.launcher.mem_gb=4096 is more memory than")
     assert "cluster.mem_gb in configs/local/default.yaml" in line
     assert not (_sweep_dir(tmp_path) / ".submitit").exists()  # nothing submitted
+
+
+def test_slurm_plugin_imports_without_the_slurm_extra():
+    """Hydra imports every plugin at every start: without submitit our launcher module must
+    import quietly (no "Plugin is incompatible" warning on each run), and selecting it must say
+    what to install."""
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['submitit'] = None\n"  # as if the slurm extra were not installed
+        "warnings.simplefilter('error')\n"
+        "from hydra.core.plugins import Plugins\n"
+        "from hydra.plugins.launcher import Launcher\n"
+        "names = [p.__name__ for p in Plugins.instance().discover(Launcher)]\n"
+        "assert 'HistographSlurmLauncher' in names, names\n"
+        "from hydra_plugins.histograph_launcher.slurm_launcher import HistographSlurmLauncher\n"
+        "from histograph.errors import UserError\n"
+        "try:\n"
+        "    HistographSlurmLauncher(partition='debug')\n"
+        "except UserError as exc:\n"
+        "    print(exc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "pip install 'histograph[slurm]'" in proc.stdout
+    assert "incompatible" not in proc.stderr
