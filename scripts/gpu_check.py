@@ -3,8 +3,9 @@
 Every run goes through ``histograph.train.run`` on a config composed as ``python train.py``
 composes it (the real loader, with its copies; the real LightningModule, callbacks and guards):
 
-* **matrix**: GIN, GCN and GAT x readout mean and histograph x depth 5 and 64 on PROTEINS,
-  REDDIT-BINARY and ogbg-molhiv (from the data mirror), each trained once in fp32 and once with
+* **matrix**: GIN (GINE on ogbg-molhiv), GCN and GAT x readout mean and histograph x depth 5
+  and 64 (64 with ``model.residual=pre``: see ``_matrix``) on PROTEINS, REDDIT-BINARY and
+  ogbg-molhiv (from the data mirror), each trained once in fp32 and once with
   ``trainer.precision=bf16-mixed``: steps/s over the steps after the first epoch, peak GPU memory,
   host reads per training step (a ``TorchFunctionMode`` counting ``.item()``/``.tolist()``/
   ``bool()``/``.cpu()``/boolean masks; each is a sync on a GPU). **Agreement**: the fp32 run's
@@ -19,7 +20,9 @@ Writes ``gpu_check.json`` and ``gpu_check.md`` into ``--out`` and exits 1 when a
 ``--device cpu --quick`` runs a tiny version of the same checks (MUTAG, GIN-2, bf16 autocast on
 the CPU; Cora GCN-2; frozen MUTAG) in the default test suite (``tests/test_gpu_check.py``).
 
-    python scripts/gpu_check.py --out results/gpu            # on a GPU machine (under 8 minutes)
+    python scripts/gpu_check.py --workers 8 --limit-train-batches 50 --out results/gpu
+        # make bench-gpu: 364 s on an H200 with 16 CPU cores (results/gpu/README.md)
+    python scripts/gpu_check.py --only readout=histograph layers=5 --workers 9   # a subset
     python scripts/gpu_check.py --device cpu --quick --out /tmp/gpu_check
 """
 
