@@ -52,3 +52,26 @@ def test_layers_keep_only_those_depths(tmp_path):
                                          ["done", "mutag", "gin", 64, "mean", 0.5, True]])
     deep = mod.load_side([jobs], layers=[32, 64])
     assert list(deep["model.layers"]) == [64] and len(mod.load_side([jobs])) == 2
+
+
+def test_depth_studies_pair_fold_by_fold_on_test(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "compare_recipe_checks", ROOT / "scripts" / "compare_recipe_checks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cols = ["status", "dataset", "model", "model.layers", "readout", "fold", "val", "test",
+            "collapsed"]
+    pd.DataFrame([["done", "proteins", "gin", 64, "mean", 0, 0.8, 0.60, False],
+                  ["done", "proteins", "gin", 64, "mean", 1, 0.8, 0.70, False]],
+                 columns=cols).to_csv(tmp_path / "plain.csv", index=False)
+    pd.DataFrame([["done", "proteins", "gin", 64, "mean", 0, 0.7, 0.75, False],
+                  ["done", "proteins", "gin", 64, "mean", 1, 0.7, 0.65, False]],
+                 columns=cols).to_csv(tmp_path / "pre.csv", index=False)
+    out = tmp_path / "vs.md"
+    assert mod.main(["--folds", "--metric", "test", "--group", "model", "model.layers",
+                     "readout", "--names", "plain", "pre", "--base", str(tmp_path / "plain.csv"),
+                     "--other", str(tmp_path / "pre.csv"), "--out", str(out)]) == 0
+    report = out.read_text()
+    assert "Mean test accuracy over the 2 cells both finished: pre 0.700, plain 0.650; " \
+           "pre higher in 1, lower in 1." in report
+    assert "| gin | 64 | mean | 2 | 0 | 0 | 0.650 | 0.700 |" in report
