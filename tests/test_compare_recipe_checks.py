@@ -75,3 +75,19 @@ def test_depth_studies_pair_fold_by_fold_on_test(tmp_path):
     assert "Mean test accuracy over the 2 cells both finished: pre 0.700, plain 0.650; " \
            "pre higher in 1, lower in 1." in report
     assert "| gin | 64 | mean | 2 | 0 | 0 | 0.650 | 0.700 |" in report
+
+
+def test_pair_readouts_counts_runs_fold_by_fold(tmp_path):
+    spec = importlib.util.spec_from_file_location("pair_readouts",
+                                                  ROOT / "scripts" / "pair_readouts.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = [["done", "gin", L, r, f, t] for L, r, f, t in [
+        (2, "histograph", 0, 0.7), (2, "mean", 0, 0.6), (2, "histograph", 1, 0.5),
+        (2, "mean", 1, 0.5), (64, "histograph", 0, 0.6), (64, "mean", 0, 0.4)]]
+    rows.append(["failed", "gin", 64, "histograph", 1, None])  # unfinished: not paired
+    jobs = pd.DataFrame(rows, columns=["status", "model", "model.layers", "readout", "fold",
+                                       "test"])
+    assert mod.pair(jobs, "histograph", ["mean"], deep=32) == [
+        "histograph vs mean (test): higher in 2, lower in 0, tied in 1 of 3 paired runs; at "
+        "depth >= 32: higher in 1 of 1"]
