@@ -1,6 +1,6 @@
 """HISTOGRAPH's node attention by precision and attention kernel: why bf16 was slow on a GPU.
 
-The first GPU run of ``scripts/gpu_check.py`` (H200, torch 2.11) trained HISTOGRAPH 15-27x
+The first GPU run of ``scripts/gpu_check.py`` (H200, torch 2.11) trained HISTOGRAPH up to 27x
 slower in bf16-mixed than in fp32, with mean pooling equally fast in both. This script times the
 readout alone (forward + backward, hidden 64, ``L`` history entries) on batches whose graph sizes
 are drawn from a TU dataset's raw files, for fp32 and bf16 autocast under each set of
@@ -32,12 +32,12 @@ import torch
 from bench_readout import DATASETS, HIDDEN, graph_sizes
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from histograph.nn.readouts.histograph import HistographReadout
+from histograph.nn.readouts.histograph import NODE_SDPA_BACKENDS, HistographReadout
 
 B = SDPBackend
 KERNELS = {
     "default": None,
-    "no_cudnn": [B.FLASH_ATTENTION, B.EFFICIENT_ATTENTION, B.MATH],
+    "no_cudnn": NODE_SDPA_BACKENDS,  # what the readout pins on CUDA
     "efficient": [B.EFFICIENT_ATTENTION],
     "math": [B.MATH],
     "cudnn": [B.CUDNN_ATTENTION],
@@ -68,7 +68,8 @@ def run(module, data, precision: str, kernels, device: str, quiet: bool = False)
     sync()
     start = time.perf_counter()
     try:  # a refused kernel set raises (reported below); its warnings would only repeat it
-        with ctx, warnings.catch_warnings(), torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with ctx, warnings.catch_warnings(), torch.autocast(
+                device, dtype=torch.bfloat16, enabled=precision == "bf16"):
             warnings.simplefilter("ignore")
             for xs, batch in data:
                 out = module(xs, batch, int(batch[-1]) + 1)

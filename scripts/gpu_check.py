@@ -208,6 +208,8 @@ def check_run(case: dict, args, work: Path) -> dict:
             if args.device != "cpu" else None
         row[f"{tag}_reads_per_step"] = round(m.reads / max(m.counted, 1), 2)
         row[f"{tag}_test"] = res["test"]
+        # a one-class run is still measured (speed, memory, agreement), never silently
+        row[f"{tag}_collapsed"] = bool(res.get("collapsed"))
         if tag == "fp32":
             checkpoint, row["metric"] = res["checkpoint"], res["metric"]
     device = "cpu" if args.device == "cpu" else "cuda"
@@ -279,9 +281,11 @@ def check_ddp(args, work: Path) -> dict | None:
 
 def markdown(report: dict) -> str:
     rows = report["runs"]
-    cols = ["dataset", "model", "readout", "layers", "residual", "fp32_steps_per_s", "bf16_steps_per_s",
+    cols = ["dataset", "model", "readout", "layers", "residual", "fp32_steps_per_s",
+            "bf16_steps_per_s",
             "fp32_peak_mb", "bf16_peak_mb", "fp32_reads_per_step", "eval_fp32", "eval_bf16",
-            "pred_agree", "logit_max_diff", "alpha_max_diff", "seconds", "ok"]
+            "pred_agree", "logit_max_diff", "alpha_max_diff", "fp32_collapsed",
+            "bf16_collapsed", "seconds", "ok"]
     lines = [f"# GPU check ({report['device']}, {report['gpu']}, torch {report['torch']})", "",
              f"`{report['command']}`; {report['epochs']} epoch(s) per run"
              f"{'' if not report.get('limit_train_batches') else ' of ' + str(report['limit_train_batches']) + ' training steps'}"
@@ -309,25 +313,22 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _guarded(fn, failed: dict, *args) -> dict | None:
+    """``fn(*args)`` in the main process or a worker; an exception becomes ``failed`` marked as
+    a failed check (a failed run is a failed check, not a crash)."""
+    torch.set_num_threads(1)
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001
+        return dict(failed, ok=False, problems=[f"{type(exc).__name__}: {exc}"],
+                    traceback=traceback.format_exc())
+
+
 def _cell(case: dict, args, work: Path, deadline: float | None) -> dict:
-    """One matrix cell, in the main process or a worker: its row, a failed row, or a skip."""
+    """One matrix cell: its row, a failed row, or a skip once the budget is spent."""
     if deadline is not None and time.time() > deadline:
         return dict(case, skipped=True)
-    torch.set_num_threads(1)
-    try:
-        return check_run(case, args, work)
-    except Exception as exc:  # noqa: BLE001 - a failed run is a failed check, not a crash
-        return dict(case, ok=False, problems=[f"{type(exc).__name__}: {exc}"],
-                    traceback=traceback.format_exc())
-
-
-def _other(check, args, work: Path) -> dict | None:
-    torch.set_num_threads(1)
-    try:
-        return check(args, work)
-    except Exception as exc:  # noqa: BLE001
-        return dict(check=check.__name__, ok=False, problems=[f"{type(exc).__name__}: {exc}"],
-                    traceback=traceback.format_exc())
+    return _guarded(check_run, case, case, args, work)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -356,6 +357,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="config overrides added to every matrix cell, e.g. "
                              "model.residual=pre")
     args = parser.parse_args(argv)
+    keys = set(_matrix(args)[0])
+    if any("=" not in item or item.split("=", 1)[0] not in keys for item in args.only):
+        parser.error(f"--only takes KEY=VALUE with KEY one of {sorted(keys)}, got {args.only}")
+    if args.only and not matrix(args):
+        parser.error(f"--only {' '.join(args.only)} matches no cell of the matrix; nothing "
+                     f"would be checked")
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; nothing was measured (use --device cpu for the "
               "CPU version of the checks).")
@@ -400,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         from concurrent.futures import ProcessPoolExecutor, as_completed
         from multiprocessing import get_context
         with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_other, c, args, work) for c in others]
+            futures = [pool.submit(_guarded, c, dict(check=c.__name__), args, work)
+                       for c in others]
             futures += [pool.submit(_cell, case, args, work, deadline) for case in matrix(args)]
             for future in as_completed(futures):
                 collect(future.result())
@@ -408,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         for case in matrix(args):
             collect(_cell(case, args, work, deadline))
         for check in others:
-            collect(_other(check, args, work))
+            collect(_guarded(check, dict(check=check.__name__), args, work))
     rep = report(complete=True)
     print(markdown(rep))
     return 0 if rep["ok"] else 1

@@ -55,3 +55,16 @@ def test_gpu_check_budget_skips_cells_and_says_so(tmp_path, data_dir):
     assert report["complete"] and not report["runs"] and len(report["skipped"]) == 2
     assert not report["ok"] and code == 1  # nothing was checked: not a pass
     assert "Not run (2 of 2 cells" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_gpu_check_refuses_an_only_filter_that_matches_nothing(tmp_path, capsys):
+    import pytest
+
+    gpu_check = _load_gpu_check()
+    for only in (["layer=64"], ["readout=histogram"]):  # a key typo, a value that matches none
+        with pytest.raises(SystemExit) as exc:
+            gpu_check.main(["--device", "cpu", "--quick", "--only", *only,
+                            "--out", str(tmp_path)])
+        assert exc.value.code == 2
+    assert "matches no cell" in capsys.readouterr().err
+    assert not (tmp_path / "gpu_check.json").exists()

@@ -52,7 +52,7 @@ def signed_guard(z: Tensor, eps: float | Tensor) -> Tensor:
 #: ``scaled_dot_product_attention`` kernels the node attention may use on CUDA: every one but
 #: cuDNN's. cuDNN's attention builds an execution plan for each new input shape; the node
 #: attention's block shapes (graphs per size class, largest graph) change with every batch, so
-#: PyTorch's choice of it for bf16 on Hopper made HISTOGRAPH train 15-27x slower in bf16-mixed
+#: PyTorch's choice of it for bf16 on Hopper made HISTOGRAPH train up to 27x slower in bf16-mixed
 #: than in fp32 (scripts/gpu_check.py and scripts/bench_attention.py, docs/benchmarks.md).
 NODE_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
