@@ -286,10 +286,12 @@ def markdown(report: dict) -> str:
             "fp32_peak_mb", "bf16_peak_mb", "fp32_reads_per_step", "eval_fp32", "eval_bf16",
             "pred_agree", "logit_max_diff", "alpha_max_diff", "fp32_collapsed",
             "bf16_collapsed", "seconds", "ok"]
+    steps, workers = report.get("limit_train_batches"), report.get("workers", 1)
+    setting = (f" of {steps} training steps" if steps else "") + (
+        f"; {workers} runs at a time on the one device, so steps/s are lower bounds"
+        if workers > 1 else "")
     lines = [f"# GPU check ({report['device']}, {report['gpu']}, torch {report['torch']})", "",
-             f"`{report['command']}`; {report['epochs']} epoch(s) per run"
-             f"{'' if not report.get('limit_train_batches') else ' of ' + str(report['limit_train_batches']) + ' training steps'}"
-             f"{'' if report.get('workers', 1) <= 1 else '; ' + str(report['workers']) + ' runs at a time on the one device, so steps/s are lower bounds'}"
+             f"`{report['command']}`; {report['epochs']} epoch(s) per run{setting}"
              f"; agreement: test "
              f"metric within {METRIC_TOL}, layer weights within {ALPHA_TOL}; all checks "
              f"{'PASSED' if report['ok'] else 'FAILED'} ({report['seconds']:.0f} s"
