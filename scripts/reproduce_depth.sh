@@ -5,6 +5,8 @@
 # (experiment=depth_sweep). Tables and plots: results/depth/<dataset>_recipe/.
 #   scripts/reproduce_depth.sh                    # PROTEINS and NCI1, 40 epochs
 #   DATASETS=proteins scripts/reproduce_depth.sh  # what results/depth/proteins_recipe ran here
+#   RESIDUAL=pre scripts/reproduce_depth.sh       # the same with model.residual=pre: its own sweep
+#                                                 # folder and results/depth/<dataset>_pre/
 # Re-running skips finished jobs (sweep folders keyed by their settings); EXTRA adds overrides,
 # e.g. EXTRA="hydra/launcher=slurm" on a cluster or EXTRA="trainer.accelerator=gpu".
 set -euo pipefail
@@ -12,11 +14,18 @@ source "$(dirname "$0")/env.sh"
 DATASETS=${DATASETS:-"proteins nci1"}
 EPOCHS=${EPOCHS:-40}
 FOLDS=${FOLDS:-0,1,2}
+RESIDUAL=${RESIDUAL:-}  # empty: the backbone config's own (plain); pre / true: that residual
 
 for ds in $DATASETS; do
-  sweep="depth_${ds}_e${EPOCHS}"
+  if [ -n "$RESIDUAL" ]; then
+    # A separate sweep folder, so the plain study's tables never mix in these runs.
+    sweep="depth_${ds}_${RESIDUAL}_e${EPOCHS}" out="results/depth/${ds}_${RESIDUAL}"
+    residual=("model.residual=$RESIDUAL")
+  else
+    sweep="depth_${ds}_e${EPOCHS}" out="results/depth/${ds}_recipe" residual=()
+  fi
   "$PY" train.py -m experiment=depth_sweep sweep_name="$sweep" dataset="$ds" model=gin,gcn \
-    model.layers=2,8,32,64 readout=mean,jk_cat,histograph "fold=$FOLDS" \
-    "trainer.max_epochs=$EPOCHS" threads=1 trainer.enable_progress_bar=false ${EXTRA:-}
-  "$PY" -m histograph.analysis.plot "logs/sweeps/$sweep" --out "results/depth/${ds}_recipe"
+    model.layers=64,32,8,2 readout=mean,jk_cat,histograph "fold=$FOLDS" \
+    "trainer.max_epochs=$EPOCHS" threads=1 trainer.enable_progress_bar=false "${residual[@]}" ${EXTRA:-}
+  "$PY" -m histograph.analysis.plot "logs/sweeps/$sweep" --out "$out"
 done
