@@ -67,7 +67,10 @@ class HistoryGNN(torch.nn.Module):
         norm (str, optional): a PyG normalization name (``"batch"``, ``"layer"``, ``"graph"``,
             ``"instance"``, ``"pair"``, ...) or ``None``/``"none"``. (default: :obj:`"batch"`)
         act (str): activation name for PyG's resolver. (default: :obj:`"relu"`)
-        dropout (float): dropout after each layer. (default: :obj:`0.0`)
+        dropout (float): dropout after each layer. The plain and post-activation stacks store
+            the dropped-out output as the history entry (as the GIN code base's JK readout
+            sees it); the pre-activation stack drops out only what the next conv reads, as
+            DeeperGCN does, so its history entries are never dropped. (default: :obj:`0.0`)
         residual (bool or str): ``False`` (or ``"none"``) for the plain stack above; ``True`` (or
             ``"post"``) adds ``X^(l-1)`` to each layer's output (PyG ``DeepGCNLayer``'s ``res``
             block); ``"pre"`` is the pre-activation residual of DeeperGCN (Li et al., 2020,
