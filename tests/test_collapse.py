@@ -11,8 +11,9 @@ import yaml
 from histograph.analysis.aggregate import aggregate
 from histograph.analysis.plot import depth_markdown, depth_table
 from histograph.train import run
-from histograph.training.collapse import (OVERSMOOTHED_MAD, collapse_advice, collapse_cause,
-                                          collapse_verdict, collapsed_round)
+from histograph.training.collapse import (LOSS_RATIO, OVERSMOOTHED_MAD, collapse_advice,
+                                          collapse_cause, collapse_verdict, collapsed_round,
+                                          end_values)
 
 SMALL = ["model.layers=2", "model.hidden=16", "trainer.max_epochs=6"]
 
@@ -45,6 +46,21 @@ def test_verdict_flags_the_final_collapsed_stretch_only():
     assert not collapsed_round(1.0, 0.97, 0.5)
     assert not collapsed_round(math.nan, 0.6, math.nan)  # rounds before detection existed
     assert collapse_verdict({"epoch": [0]}, 0)["collapsed"] is None  # multi-label: not judged
+
+
+def test_end_values_say_how_near_each_test_the_run_ended():
+    # a weak learner just under the at-prior line: not flagged, and its margin is visible
+    h = _history([0.9, 0.8, 0.85, 0.82, 0.88], 0.6, [1.0, 0.99, 0.985, 0.992, 0.98])
+    assert collapse_verdict(h, selected=1)["collapsed"] is False
+    assert end_values(h) == {"loss_vs_prior_end": 0.98, "pred_majority_end": 0.82}
+    # the window is the verdict's: the lowest of the last 3 rounds reaching the line = flagged
+    h = _history([0.7, 0.6, 0.6, 0.6, 0.6], 0.6, [0.5, 0.5, 0.995, 0.993, 0.991])
+    assert end_values(h)["loss_vs_prior_end"] >= LOSS_RATIO
+    assert collapse_verdict(h, selected=1)["collapsed"] is True
+    # shorter histories use what they have; rounds without a loss are skipped
+    assert end_values(_history([0.7, 0.6], 0.6, [math.nan, 0.9])) == {
+        "loss_vs_prior_end": 0.9, "pred_majority_end": 0.6}
+    assert end_values({"epoch": [0]}) == {"loss_vs_prior_end": None, "pred_majority_end": None}
 
 
 def test_the_advice_names_the_likely_fix():
@@ -138,7 +154,8 @@ def test_tables_and_depth_plots_count_collapsed_runs(tmp_path):
              {"dataset": "MUTAG", "model": "gin", "readout": "mean", "layers": 4, "fold": fold,
               "protocol": "holdout", "metric": "acc", "val": 0.6, "test": 0.6,
               "selected_epoch": 1, "epochs": 3, "collapsed": collapsed,
-              "history": {"test": [0.6, 0.6, 0.6]}})
+              "history": {"test": [0.6, 0.6, 0.6],
+                          **_history([0.7, 0.6, 0.65], 0.6, [0.9, 0.8, 0.85])}})
     out = aggregate(root)
     assert out["summary"]["n_collapsed"].tolist() == [2]
     assert "| 2/3 |" in out["markdown"]
@@ -157,6 +174,9 @@ def test_tables_and_depth_plots_count_collapsed_runs(tmp_path):
     assert out["summary"]["n_over_smoothed"].tolist() == [1]
     assert "| 3/4 (1 over-smoothed) |" in out["markdown"]
     assert out["jobs"].set_index("fold")["mad_last"].to_dict()[3] == 0.01
+    # how near each run's end came to the collapse tests (fold 3's history has no counts)
+    assert out["jobs"].set_index("fold")["loss_vs_prior_end"].fillna(-1).to_dict() == {
+        0: 0.8, 1: 0.8, 2: 0.8, 3: -1}
     assert "(4, 3 collapsed: 1 over-smoothed)" in depth_markdown(depth_table(out["jobs"]))
 
 

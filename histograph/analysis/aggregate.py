@@ -12,7 +12,7 @@ Hydra's own parser, so a job that never started is listed as ``missing`` too.
 Written atomically into the output dir (default: the sweep dir):
 
 * ``jobs.csv``: one row per job (``status``, ``job_dir``, every override key as a column, the
-  scalars of ``results.json``);
+  scalars of ``results.json``, and :data:`DERIVED_COLUMNS` read off its history);
 * ``summary.csv`` / ``summary.md``: one row per group of jobs that differ only in ``seed`` and
   ``fold``: mean +- std of ``val`` and ``test``, ``n`` (finished) against ``n_expected``, the
   protocol and its selection rule. Incomplete groups are flagged, never silently averaged;
@@ -56,7 +56,7 @@ import yaml
 
 from histograph.errors import UserError
 from histograph.keys import is_result_key
-from histograph.training.collapse import collapse_signal
+from histograph.training.collapse import collapse_signal, end_values
 from histograph.utils import atomic_write_text
 
 log = logging.getLogger("histograph")
@@ -73,8 +73,9 @@ RESULT_SCALARS = ("dataset", "model", "readout", "layers", "hidden", "seed", "fo
 LATE_SHARE = 0.1
 #: ``LATE_SHARE`` as the tables and reports write it ("10%").
 LATE_TEXT = f"{LATE_SHARE:.0%}"
-#: Columns ``jobs.csv`` derives from ``results.json`` (not settings).
-DERIVED_COLUMNS = ("mad_last",)
+#: Columns ``jobs.csv`` derives from ``results.json`` (not settings): the last history entry's
+#: MAD and how near the run's end came to each collapse test (:func:`end_values`).
+DERIVED_COLUMNS = ("mad_last", "loss_vs_prior_end", "pred_majority_end")
 #: Override keys that are repetitions of one setting, not axes of the comparison.
 REPLICATE_KEYS = ("seed", "fold")
 #: Result keys that are per-job inputs rather than settings (a frozen run's source checkpoint
@@ -343,6 +344,7 @@ def collect_jobs(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str], dict[s
             record["collapse_signal"] = collapse_signal(results.get("history") or {})
         # the last history entry's MAD: near 0 when the stack is over-smoothed
         record["mad_last"] = ((results.get("mad") or [None])[-1] if results else None)
+        record.update(end_values((results.get("history") or {}) if results else {}))
         record["error"] = row["error"]
         records.append(record)
     columns = ["status", "job_dir", *keys]

@@ -137,6 +137,22 @@ def collapse_signal(history: dict[str, list[float]]) -> str | None:
     return collapse_verdict(history, 0)["collapse_signal"] if _flags(history) else None
 
 
+def end_values(history: dict[str, list[float]]) -> dict[str, float | None]:
+    """How close a run's end came to each collapse test: the lowest ``loss_vs_prior`` and the
+    lowest ``pred_majority`` over its last :data:`ROUNDS` rounds (``*_end``; ``None`` without
+    class counts). The at-prior test flags the run exactly when ``loss_vs_prior_end`` reaches
+    :data:`LOSS_RATIO`, the one-class test (balanced labels) when ``pred_majority_end`` reaches
+    :data:`MAJORITY`; so a run at 0.98 learnt little yet passes. The thresholds cut a continuum
+    (results/README.md section 8: deep NCI1 runs at 0.95-0.99): these columns show where each
+    run sits instead of a yes/no."""
+    if _flags(history) is None:
+        return {"loss_vs_prior_end": None, "pred_majority_end": None}
+    window = slice(-min(ROUNDS, len(history["loss_vs_prior"])), None)
+    losses = [v for v in history["loss_vs_prior"][window] if not math.isnan(v)]
+    return {"loss_vs_prior_end": round(min(losses), 4) if losses else None,
+            "pred_majority_end": round(min(history["pred_majority"][window]), 4)}
+
+
 def collapse_verdict(history: dict[str, list[float]], selected: int) -> dict[str, Any]:
     """``collapsed``, ``collapsed_from`` (trainer epoch), ``collapsed_at_selected`` and
     ``collapse_signal`` (:func:`collapse_signal`) of a run's history (``None`` when the history
