@@ -60,6 +60,8 @@ def test_end_values_say_how_near_each_test_the_run_ended():
     # shorter histories use what they have; rounds without a loss are skipped
     assert end_values(_history([0.7, 0.6], 0.6, [math.nan, 0.9])) == {
         "loss_vs_prior_end": 0.9, "pred_majority_end": 0.6}
+    assert end_values(_history([math.nan, math.nan], 0.6, [math.nan, math.nan])) == {
+        "loss_vs_prior_end": None, "pred_majority_end": None}
     assert end_values({"epoch": [0]}) == {"loss_vs_prior_end": None, "pred_majority_end": None}
 
 

@@ -147,10 +147,12 @@ def end_values(history: dict[str, list[float]]) -> dict[str, float | None]:
     run sits instead of a yes/no."""
     if _flags(history) is None:
         return {"loss_vs_prior_end": None, "pred_majority_end": None}
-    window = slice(-min(ROUNDS, len(history["loss_vs_prior"])), None)
-    losses = [v for v in history["loss_vs_prior"][window] if not math.isnan(v)]
-    return {"loss_vs_prior_end": round(min(losses), 4) if losses else None,
-            "pred_majority_end": round(min(history["pred_majority"][window]), 4)}
+    def lowest(key: str) -> float | None:  # rounds without a value (NaN) are skipped
+        values = [v for v in history[key][-ROUNDS:] if not math.isnan(v)]
+        return round(min(values), 4) if values else None
+
+    return {"loss_vs_prior_end": lowest("loss_vs_prior"),
+            "pred_majority_end": lowest("pred_majority")}
 
 
 def collapse_verdict(history: dict[str, list[float]], selected: int) -> dict[str, Any]:
