@@ -147,6 +147,7 @@ def end_values(history: dict[str, list[float]]) -> dict[str, float | None]:
     run sits instead of a yes/no."""
     if _flags(history) is None:
         return {"loss_vs_prior_end": None, "pred_majority_end": None}
+
     def lowest(key: str) -> float | None:  # rounds without a value (NaN) are skipped
         values = [v for v in history[key][-ROUNDS:] if not math.isnan(v)]
         return round(min(values), 4) if values else None
