@@ -17,10 +17,19 @@ import pandas as pd
 
 def pair(jobs: pd.DataFrame, readout: str, against: list[str], deep: int,
          metric: str = "test") -> list[str]:
-    """One line per readout in ``against``: runs where ``readout`` is higher, lower, tied."""
+    """One line per readout in ``against``: runs where ``readout`` is higher, lower, tied.
+
+    A run is identified by every replicate and axis column ``jobs`` has besides the readout;
+    two finished runs with the same identity (another axis the table does not name) stop the
+    count instead of being averaged into one pair."""
     jobs = jobs[jobs["status"] == "done"]
-    table = jobs.pivot_table(index=["model", "model.layers", "fold"], columns="readout",
-                             values=metric)
+    index = [c for c in ("dataset", "model", "model.layers", "seed", "fold") if c in jobs]
+    clash = jobs.duplicated(subset=[*index, "readout"])
+    if clash.any():
+        raise SystemExit(f"pair_readouts: {int(clash.sum())} finished runs share "
+                         f"{', '.join(index)} and readout with another; pair one study "
+                         f"(one jobs.csv without other axes) at a time.")
+    table = jobs.pivot(index=index, columns="readout", values=metric)
     lines = []
     for other in against:
         d = (table[readout] - table[other]).dropna()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 
 import pandas as pd
+import pytest
 
 from tests.conftest import ROOT
 
@@ -91,3 +92,6 @@ def test_pair_readouts_counts_runs_fold_by_fold(tmp_path):
     assert mod.pair(jobs, "histograph", ["mean"], deep=32) == [
         "histograph vs mean (test): higher in 2, lower in 0, tied in 1 of 3 paired runs; at "
         "depth >= 32: higher in 1 of 1"]
+    # a second run of the same cell (another axis this table does not name) is not averaged
+    with pytest.raises(SystemExit, match="share"):
+        mod.pair(pd.concat([jobs, jobs.iloc[:1]]), "histograph", ["mean"], deep=32)
