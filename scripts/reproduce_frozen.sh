@@ -26,8 +26,9 @@ for protocol in $PROTOCOLS; do
     b="$RUNS_DIR/frozen_$protocol/fold_$fold"
     [ -f "$a/results.json" ] || "$PY" train.py "${common[@]}" readout=mean \
       "protocol=$protocol" "fold=$fold" "hydra.run.dir=$a"
-    ckpt=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['checkpoint'])" \
-      "$a/results.json")
+    # the selected weights, found in the folder even when it was copied from elsewhere
+    ckpt=$("$PY" -c "import sys; from histograph.sweeps.jobs import read_results
+print(read_results(sys.argv[1])['checkpoint'])" "$a")
     [ -f "$b/results.json" ] || "$PY" train.py "${common[@]}" readout=histograph mode=frozen \
       "backbone_ckpt='$ckpt'" "protocol=$protocol" "fold=$fold" "hydra.run.dir=$b"
   done

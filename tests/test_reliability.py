@@ -260,6 +260,26 @@ def test_forced_resume_in_a_copied_run_folder_keeps_the_best_checkpoint(cfg_fact
     check_selected_checkpoint(tmp_path / "best-epoch=003.ckpt", 3)
 
 
+def test_a_copied_finished_job_reports_the_checkpoint_in_its_new_folder(cfg_factory, tmp_path):
+    """results.json records the absolute checkpoint path the run wrote; a sweep folder copied
+    from a cluster keeps it. The skipped job (and reproduce_frozen.sh's backbone lookup) must
+    point at the copy's weights, not at a path that no longer exists."""
+    import shutil
+
+    from histograph.sweeps import jobs
+
+    old, new = tmp_path / "cluster" / "job", tmp_path / "laptop" / "job"
+    first = jobs.run_job(cfg_factory([*TINY, "trainer.max_epochs=1"], output_dir=old), run, [])
+    shutil.copytree(old, new)
+    shutil.rmtree(tmp_path / "cluster")
+    recorded = json.loads((new / "results.json").read_text())["checkpoint"]
+    assert recorded == first.results["checkpoint"] and not Path(recorded).exists()
+    again = jobs.run_job(cfg_factory([*TINY, "trainer.max_epochs=1"], output_dir=new), run, [])
+    assert again.status == "skipped"
+    assert Path(again.results["checkpoint"]) == (new / "checkpoints" / Path(recorded).name)
+    assert "state_dict" in torch.load(again.results["checkpoint"], weights_only=True)
+
+
 # ---------------------------------------------------------------------- epochs and replicates
 def test_epochs_count_training_epochs_not_validation_rounds(cfg_factory):
     res = run(cfg_factory([*TINY, "trainer.max_epochs=4", "trainer.check_val_every_n_epoch=2"]))

@@ -144,6 +144,23 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def read_results(job_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """A finished job's ``results.json``, its ``checkpoint`` path made to point into this folder.
+
+    ``checkpoint`` is recorded as the absolute path the run wrote; a sweep folder copied from a
+    cluster (or moved) keeps the old one. When that file is gone but ``<job_dir>/checkpoints/``
+    holds one of the same name, the copy's path is returned instead, so a consumer that loads the
+    selected weights (a frozen-backbone run, a probe) reads them from where the folder now is."""
+    job_dir = Path(job_dir)
+    results = _read_json(job_dir / RESULTS_FILE)
+    recorded = (results or {}).get("checkpoint")
+    if recorded and not Path(recorded).is_file():
+        here = job_dir / "checkpoints" / Path(recorded).name
+        if here.is_file():
+            results["checkpoint"] = str(here.resolve())
+    return results
+
+
 def read_done(job_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The job's ``done.json`` when it finished (``done.json`` and ``results.json`` exist)."""
     job_dir = Path(job_dir)
@@ -276,7 +293,7 @@ def run_job(cfg: DictConfig, run: Callable[[DictConfig], dict[str, Any]],
         if done is not None and done.get("config_hash") == digest(current):
             log.info("Skipping %s: done.json says it finished at %s (%s %s).", job_dir,
                      done.get("finished_at"), done.get("metric"), done.get("objective"))
-            results = _read_json(job_dir / RESULTS_FILE)
+            results = read_results(job_dir)
             if results is not None:
                 return JobOutcome("skipped", results)
         if rank0:
