@@ -52,3 +52,23 @@ def test_help_lists_only_real_config_groups(tmp_path):
     groups = proc.stdout.split("== Configuration groups ==")[1].split("==")[0]
     assert "local.example" not in groups and "readout:" in groups and "mode:" in groups
     assert proc.stdout.startswith("histograph-train")
+
+
+def test_reproduce_depth_keeps_other_budgets_out_of_the_40_epoch_tables():
+    """scripts/reproduce_depth.sh with EPOCHS other than 40 writes to its own ``_e<N>`` sweep and
+    output folders (the committed 40-epoch tables are never overwritten), and LAYERS / READOUTS
+    narrow the grid. ``PY=echo`` prints the two commands instead of running them."""
+    import os
+
+    env = {**os.environ, "PY": "echo", "RESIDUAL": "pre", "DATASETS": "nci1", "EPOCHS": "80",
+           "FOLDS": "0", "LAYERS": "32,8", "READOUTS": "mean,histograph"}
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce_depth.sh")], env=env,
+                         capture_output=True, text=True, timeout=60, check=True).stdout.split("\n")
+    assert "sweep_name=depth_nci1_pre_e80" in out[0].split()
+    assert {"model.layers=32,8", "readout=mean,histograph", "fold=0", "trainer.max_epochs=80",
+            "model.residual=pre"} <= set(out[0].split())
+    assert out[1].split()[-2:] == ["--out", "results/depth/nci1_pre_e80"]
+    env.update(EPOCHS="40", RESIDUAL="")
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce_depth.sh")], env=env,
+                         capture_output=True, text=True, timeout=60, check=True).stdout.split("\n")
+    assert out[1].split()[-2:] == ["--out", "results/depth/nci1_recipe"]
