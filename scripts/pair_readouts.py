@@ -30,8 +30,15 @@ def pair(jobs: pd.DataFrame, readout: str, against: list[str], deep: int,
                          f"{', '.join(index)} and readout with another; pair one study "
                          f"(one jobs.csv without other axes) at a time.")
     table = jobs.pivot(index=index, columns="readout", values=metric)
+    ran = sorted(table.columns)
+    if readout not in table:
+        raise SystemExit(f"pair_readouts: no finished {readout!r} run in this table (it has "
+                         f"{', '.join(ran)}); pass --readout with one of those.")
     lines = []
     for other in against:
+        if other not in table:  # the default --against names readouts a narrow study skips
+            lines.append(f"{readout} vs {other}: no finished {other!r} run in this table")
+            continue
         d = (table[readout] - table[other]).dropna()
         is_deep = d.index.get_level_values("model.layers") >= deep
         lines.append(f"{readout} vs {other} ({metric}): higher in {(d > 0).sum()}, lower in "

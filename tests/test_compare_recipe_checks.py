@@ -92,6 +92,11 @@ def test_pair_readouts_counts_runs_fold_by_fold(tmp_path):
     assert mod.pair(jobs, "histograph", ["mean"], deep=32) == [
         "histograph vs mean (test): higher in 2, lower in 0, tied in 1 of 3 paired runs; at "
         "depth >= 32: higher in 1 of 1"]
+    # a readout the study did not run is named, not a KeyError
+    assert mod.pair(jobs, "histograph", ["jk_cat", "mean"], deep=32)[0] == \
+        "histograph vs jk_cat: no finished 'jk_cat' run in this table"
+    with pytest.raises(SystemExit, match="no finished 'gmt' run .* has histograph, mean"):
+        mod.pair(jobs, "gmt", ["mean"], deep=32)
     # a second run of the same cell (another axis this table does not name) is not averaged
     with pytest.raises(SystemExit, match="share"):
         mod.pair(pd.concat([jobs, jobs.iloc[:1]]), "histograph", ["mean"], deep=32)
