@@ -30,10 +30,10 @@ def pair(jobs: pd.DataFrame, readout: str, against: list[str], deep: int,
                          f"{', '.join(index)} and readout with another; pair one study "
                          f"(one jobs.csv without other axes) at a time.")
     table = jobs.pivot(index=index, columns="readout", values=metric)
-    ran = sorted(table.columns)
     if readout not in table:
         raise SystemExit(f"pair_readouts: no finished {readout!r} run in this table (it has "
-                         f"{', '.join(ran)}); pass --readout with one of those.")
+                         f"{', '.join(sorted(table.columns))}); pass --readout with one of "
+                         f"those.")
     lines = []
     for other in against:
         if other not in table:  # the default --against names readouts a narrow study skips

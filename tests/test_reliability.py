@@ -271,8 +271,12 @@ def test_a_copied_finished_job_reports_the_checkpoint_in_its_new_folder(cfg_fact
     old, new = tmp_path / "cluster" / "job", tmp_path / "laptop" / "job"
     first = jobs.run_job(cfg_factory([*TINY, "trainer.max_epochs=1"], output_dir=old), run, [])
     shutil.copytree(old, new)
-    shutil.rmtree(tmp_path / "cluster")
     recorded = json.loads((new / "results.json").read_text())["checkpoint"]
+    # the original still there: the copy's own weights all the same (the original may be
+    # continued with resume=force and its best checkpoint replaced)
+    assert Path(jobs.read_results(new)["checkpoint"]) == (new / "checkpoints" /
+                                                          Path(recorded).name)
+    shutil.rmtree(tmp_path / "cluster")
     assert recorded == first.results["checkpoint"] and not Path(recorded).exists()
     again = jobs.run_job(cfg_factory([*TINY, "trainer.max_epochs=1"], output_dir=new), run, [])
     assert again.status == "skipped"

@@ -148,16 +148,15 @@ def read_results(job_dir: str | os.PathLike) -> dict[str, Any] | None:
     """A finished job's ``results.json``, its ``checkpoint`` path made to point into this folder.
 
     ``checkpoint`` is recorded as the absolute path the run wrote; a sweep folder copied from a
-    cluster (or moved) keeps the old one. When that file is gone but ``<job_dir>/checkpoints/``
-    holds one of the same name, the copy's path is returned instead, so a consumer that loads the
-    selected weights (a frozen-backbone run, a probe) reads them from where the folder now is."""
+    cluster (or moved) keeps the old one. The file of that name in ``<job_dir>/checkpoints/`` is
+    returned whenever it exists, so a consumer that loads the selected weights (a frozen-backbone
+    run, a probe) reads this folder's, never the original's (which may be gone, or continued by
+    then)."""
     job_dir = Path(job_dir)
     results = _read_json(job_dir / RESULTS_FILE)
     recorded = (results or {}).get("checkpoint")
-    if recorded and not Path(recorded).is_file():
-        here = job_dir / "checkpoints" / Path(recorded).name
-        if here.is_file():
-            results["checkpoint"] = str(here.resolve())
+    if recorded and (here := job_dir / "checkpoints" / Path(recorded).name).is_file():
+        results["checkpoint"] = str(here.resolve())
     return results
 
 
